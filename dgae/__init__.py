@@ -1,0 +1,1 @@
+"""DGAE: Diffusion-Guided Autoencoder model, sampler, checkpoints and CLI."""
