@@ -22,7 +22,11 @@ def flash_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     scale: float | None = None) -> torch.Tensor:
-    """Attention ``softmax(q k^T * scale) v`` over ``[B, H, N, D]`` tensors."""
+    """Attention ``softmax(q k^T * scale) v`` over ``[B, H, N, D]`` tensors (scale: 1/sqrt(D)).
+
+    The Triton path takes fp32/fp16/bf16 q/k/v of one dtype with any strides and D a power of
+    two in [16, 128] (ValueError otherwise); k/v may have a different token count than q.
+    """
     if use_triton(q):
         from ._attention_triton import flash_attention_triton  # noqa: PLC0415 (needs triton)
 
