@@ -1,0 +1,1 @@
+"""Core `dgae` subcommands (one module each)."""

@@ -1,0 +1,142 @@
+"""Frozen configuration dataclasses. A config is serialized *with* the weights (checkpoint metadata).
+
+Every size, scale and sampler default lives here; nothing else in the model hard-codes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+IMAGE_CHANNELS = 3
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """SD-VAE KL encoder. Spatial factor f = 2 ** (len(channel_mult) - 1)."""
+
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    norm_groups: int = 32
+    mid_attention: bool = True
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """ADM U-Net denoiser v(x_t, t, z). One level per entry of channel_mult; attention at the
+    levels whose downsampling factor (2 ** level) is in ``attention_factors``."""
+
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_factors: tuple[int, ...] = (8, 16, 32)
+    head_channels: int = 64
+    temb_channels: int = 512
+    norm_groups: int = 32
+    timestep_scale: float = 1000.0  # t in [0, 1] is embedded as t * timestep_scale
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Few-step flow-matching sampler (t runs 1 -> 0)."""
+
+    default_steps: int = 4
+    max_steps: int = 64
+    solver: str = "euler"  # "euler" | "heun"
+    schedule: str = "uniform"  # "uniform" | "shifted"
+    shift: float = 1.0  # shifted schedule: t' = s t / (1 + (s - 1) t)
+
+
+@dataclass(frozen=True)
+class DGAEConfig:
+    name: str = "custom"
+    latent_channels: int = 4
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Public latents are (mean - latent_shift) * latent_scale; the decoder undoes it.
+    latent_scale: float = 1.0
+    latent_shift: float = 0.0
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+    norm_eps: float = 1e-6
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.encoder.channel_mult) - 1)
+
+    @property
+    def decoder_multiple(self) -> int:
+        """The U-Net's input sides must be multiples of this (decode pads latents to fit)."""
+        return 2 ** (len(self.decoder.channel_mult) - 1)
+
+    def validate(self) -> "DGAEConfig":
+        enc, dec, smp = self.encoder, self.decoder, self.sampler
+        if self.latent_channels < 1:
+            raise ConfigError(f"latent_channels must be >= 1, got {self.latent_channels}")
+        if self.downsample_factor not in (1, 2, 4, 8, 16, 32, 64):
+            raise ConfigError(f"unsupported downsample factor {self.downsample_factor}")
+        for label, base, mult, groups in (("encoder", enc.base_channels, enc.channel_mult, enc.norm_groups),
+                                          ("decoder", dec.base_channels, dec.channel_mult, dec.norm_groups)):
+            for m in mult:
+                if (base * m) % groups:
+                    raise ConfigError(f"{label}: channels {base * m} not divisible by norm_groups {groups}")
+        for m in dec.channel_mult:
+            if dec.attention_factors and (dec.base_channels * m) % dec.head_channels:
+                raise ConfigError(f"decoder channels {dec.base_channels * m} not divisible by head_channels")
+        if smp.solver not in ("euler", "heun"):
+            raise ConfigError(f"sampler.solver must be 'euler' or 'heun', got {smp.solver!r}")
+        if smp.schedule not in ("uniform", "shifted"):
+            raise ConfigError(f"sampler.schedule must be 'uniform' or 'shifted', got {smp.schedule!r}")
+        if not 1 <= smp.default_steps <= smp.max_steps:
+            raise ConfigError("sampler.default_steps must lie in [1, max_steps]")
+        if smp.shift <= 0:
+            raise ConfigError("sampler.shift must be > 0")
+        if self.latent_scale == 0:
+            raise ConfigError("latent_scale must be non-zero")
+        return self
+
+    # --- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DGAEConfig":
+        try:
+            d = dict(d)
+            subs = {"encoder": EncoderConfig, "decoder": DecoderConfig, "sampler": SamplerConfig}
+            for key, sub in subs.items():
+                if key in d:
+                    d[key] = _build(sub, d[key])
+            return _build(cls, d).validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid DGAE config: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> "DGAEConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from exc
+
+    def replace(self, **changes: Any) -> "DGAEConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _build(cls, d: dict[str, Any]):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kwargs)
