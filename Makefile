@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  `make serve` (serve the bundled model)  and  `make test`.
+# Both create .venv and install everything first. CPU machines get the CPU torch wheel
+# (torch==2.13.0); on a GPU host run `make install TORCH_SPEC="torch==2.13.0 --index-url <CUDA index>" EXTRAS=gpu,serve,train,dev`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= serve,export,kernels,train,dev
+HOST ?= 0.0.0.0
+PORT ?= 8000
+DATA ?= data/photos
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test data demo train-default eval bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps lpips==0.1.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m dgae serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra
+
+data: $(STAMP)
+	$(PY) -m dgae.data.fetch --out $(DATA)
+
+demo: $(STAMP)
+	$(PY) -m dgae roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
+
+train-default: $(STAMP) data
+	$(PY) -m dgae train --preset small-f8c4 --data $(DATA) --out runs/default --recipe cpu-default
+
+eval: $(STAMP) data
+	$(PY) -m dgae eval --data $(DATA) --out weights/eval
+
+bench: $(STAMP)
+	$(PY) -m dgae bench backends --quick --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) .pytest_cache out
