@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(PY) -m dgae roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
 
 train-default: $(STAMP) data
-	$(PY) -m dgae train --preset small-f8c4 --data $(DATA) --out runs/default --recipe cpu-default
+	$(PY) -m dgae train --recipe cpu-default --data $(DATA) --out runs/default --max-minutes 100
 
 eval: $(STAMP) data
 	$(PY) -m dgae eval --data $(DATA) --out weights/eval

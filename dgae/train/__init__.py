@@ -1,0 +1,1 @@
+"""Training: recipe config, objective, resumable trainer, CLI."""
