@@ -78,7 +78,7 @@ class TrainConfig:
 RECIPES = {
     "paper": TrainConfig(),
     "cpu-default": TrainConfig(
-        preset="small-f8c4", crop_size=64, max_side=512, batch_size=8, workers=1, max_steps=2500,
+        preset="small-f8c4", crop_size=64, max_side=512, batch_size=8, workers=1, max_steps=4500,
         lr=3e-4, lr_min=3e-5, warmup_steps=200, ema_decay=0.999, eta=0.2, lpips_net="alex",
         t_sampling="uniform", t_one_prob=0.2, log_every=10, ckpt_every=200, sample_every=500),
     "tiny": TrainConfig(
