@@ -19,6 +19,7 @@ from dgae.backends.base import Backend
 from dgae.backends.torch_backend import TorchBackend
 from dgae.cli import main as dgae_main
 from dgae.errors import CheckpointError, ConfigError
+from dgae.presets import get_preset
 from service.app import create_app
 from service.cli import build_settings
 from service.settings import ServiceSettings
@@ -279,13 +280,20 @@ def test_bad_configuration_fails_fast(tmp_path, capsys):
     assert dgae_main(["serve", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="default_steps"):
-        create_app(ServiceSettings(checkpoint=str(tmp_path / "x"), default_steps=9, max_steps=4),
-                   backend=_config_only())
+        create_app(ServiceSettings(default_steps=9, max_steps=4), backend=ConfigOnly())
 
 
-def _config_only() -> Backend:
-    class _B(Backend):
-        from dgae.presets import get_preset  # noqa: PLC0415
-        config = get_preset("tiny")
-        encode = decode = info = None
-    return _B.__new__(_B)
+class ConfigOnly(Backend):
+    """A backend that only carries a config (create_app validates step limits against it)."""
+
+    def __init__(self):
+        self.config = get_preset("tiny")
+
+    def encode(self, images, mode="mean", seeds=None):
+        raise NotImplementedError
+
+    def decode(self, latents, steps=None, seeds=None):
+        raise NotImplementedError
+
+    def info(self):
+        raise NotImplementedError
