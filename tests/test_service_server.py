@@ -109,7 +109,7 @@ def test_malformed_requests_get_4xx_and_server_stays_up(server):
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(server):
-    schemathesis = pytest.importorskip("schemathesis")
+    import schemathesis  # noqa: PLC0415 - dev dependency, only this test needs it
     from hypothesis import HealthCheck, given, settings  # noqa: PLC0415
     from schemathesis.checks import not_a_server_error  # noqa: PLC0415
     from schemathesis.specs.openapi.checks import (  # noqa: PLC0415
