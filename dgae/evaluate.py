@@ -78,12 +78,13 @@ class EvalSettings:
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
+    """argparse type for ``--steps 1,2,4``: sorted unique positive integers."""
     try:
         steps = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError as exc:
-        raise InputError(f"--steps must be a comma-separated list of integers, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
     if not steps or min(steps) < 1:
-        raise InputError(f"--steps must be positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return tuple(sorted(set(steps)))
 
 

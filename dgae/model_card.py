@@ -208,12 +208,12 @@ def write_model_card(run: Path, eval_dir: Path, out: Path, checkpoint: Path | No
                      data: Path = Path("data/photos"), hardware: str | None = None) -> Path:
     from .checkpoint import describe  # noqa: PLC0415
 
-    checkpoint = checkpoint or run / EMA_FILE
-    rows = read_metrics(run / METRICS_FILE)
+    result, rows = read_eval(eval_dir), read_metrics(run / METRICS_FILE)  # cheap checks first
+    info = describe(checkpoint or run / EMA_FILE)
     out.parent.mkdir(parents=True, exist_ok=True)
     loss_plot = write_loss_plot(rows, out.parent / LOSS_PLOT_NAME) if rows else None
-    text = render(describe(checkpoint), rows, read_manifest(data), read_eval(eval_dir), eval_dir, out,
-                  loss_plot, hardware or hardware_description())
+    text = render(info, rows, read_manifest(data), result, eval_dir, out, loss_plot,
+                  hardware or hardware_description())
     out.write_text(text)
     log.info("wrote %s", out)
     return out

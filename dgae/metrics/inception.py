@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,7 +99,9 @@ class InceptionFeatures:
         if verify and _sha256(path) != MODEL_SHA256:
             raise CheckpointError(f"{path} is not the {PACKAGE_REQUIREMENT} Inception file (sha256 mismatch)")
         try:
-            self.model = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch >= 2.9 deprecates jit.load; the file is TorchScript only
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.model = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"cannot load the Inception TorchScript file {path}: {exc}") from exc
         self.path, self.device, self.batch_size = path, torch.device(device), max(1, batch_size)
