@@ -67,7 +67,8 @@ class EvalSettings:
 
     def validate(self) -> "EvalSettings":
         if self.crop <= 0 or self.crops_per_image <= 0 or self.batch_size <= 0 or self.grid_rows < 0:
-            raise InputError("--crop, --crops-per-image and --batch-size must be positive")
+            raise InputError(f"--crop ({self.crop}), --crops-per-image ({self.crops_per_image}) and --batch-size "
+                             f"({self.batch_size}) must be positive and --grid-rows ({self.grid_rows}) >= 0")
         if self.max_side < self.crop:
             raise InputError(f"--max-side ({self.max_side}) must be >= --crop ({self.crop})")
         if not self.steps or min(self.steps) < 1:
