@@ -30,6 +30,7 @@ LOSS_PLOT_NAME = "loss_curve.png"
 CPUINFO = Path("/proc/cpuinfo")
 LOSS_KEYS = ("loss", "loss_v", "loss_kl", "loss_lpips")
 SUMMARY_KEYS = LOSS_KEYS + ("psnr_x0hat",)
+RUN_METADATA_KEYS = ("trained_steps", "train_config")  # taken from RUN/ema.safetensors if the file lacks them
 FINAL_WINDOW = 10  # final losses = mean over the last this-many logged entries
 PLOT_SIZE_IN = (10.0, 4.0)
 PLOT_DPI = 100
@@ -206,10 +207,13 @@ def _num(value) -> float:
 # --------------------------------------------------------------------------------- CLI
 def write_model_card(run: Path, eval_dir: Path, out: Path, checkpoint: Path | None = None,
                      data: Path = Path("data/photos"), hardware: str | None = None) -> Path:
-    from .checkpoint import describe  # noqa: PLC0415
+    from .checkpoint import describe, read_metadata  # noqa: PLC0415
 
     result, rows = read_eval(eval_dir), read_metrics(run / METRICS_FILE)  # cheap checks first
     info = describe(checkpoint or run / EMA_FILE)
+    if (run / EMA_FILE).is_file():  # a re-saved release file (fp16) may lack the run's training metadata
+        run_meta = {k: v for k, v in read_metadata(run / EMA_FILE).items() if k in RUN_METADATA_KEYS}
+        info["metadata"] = {**run_meta, **info["metadata"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     loss_plot = write_loss_plot(rows, out.parent / LOSS_PLOT_NAME) if rows else None
     text = render(info, rows, read_manifest(data), result, eval_dir, out, loss_plot,

@@ -1,7 +1,6 @@
 """`dgae eval` end to end (tiny preset, 64 px crops, 1-2 steps) and the model card built from it."""
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -128,19 +127,23 @@ def test_eval_with_kid_requested_but_missing_network(tiny_checkpoint, photos, tm
 def test_model_card_from_run_and_eval(eval_out, photos, tiny_checkpoint, tmp_path):
     from dgae.model_card import main as card_main
 
+    from dgae.checkpoint import load_checkpoint, save_checkpoint
+
     run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(tiny_checkpoint, run / "ema.safetensors")
+    run.mkdir()  # the run's EMA file carries the training metadata; the released file (tiny_checkpoint) does not
+    save_checkpoint(load_checkpoint(tiny_checkpoint), run / "ema.safetensors",
+                    extra_metadata={"trained_steps": "200", "train_config": json.dumps({"crop_size": 64, "lr": 3e-4})})
     lines = [json.dumps({"step": s, "loss": 1.0 / s, "loss_v": 0.5 / s, "loss_kl": 0.01 + 1e-4 * s, "loss_lpips": 0.2,
                          "elapsed_s": 6.0 * s}) for s in range(10, 210, 10)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n{truncated\n")
     out = tmp_path / "weights" / "MODEL_CARD.md"
     rc = card_main(["--run", str(run), "--eval", str(eval_out), "--out", str(out), "--data", str(photos),
-                    "--hardware", "Test CPU, 2 cores"])
+                    "--checkpoint", str(tiny_checkpoint), "--hardware", "Test CPU, 2 cores"])
     assert rc == 0
     card = out.read_text()
     assert "# DGAE `tiny`" in card and "f = 8, latent channels c = 4" in card
-    assert "wall time 20.0 min" in card and "Test CPU, 2 cores" in card
+    assert "Steps: 200; wall time 20.0 min" in card and "Test CPU, 2 cores" in card
+    assert "Recipe: crop_size=64, lr=0.0003." in card and f"`{tiny_checkpoint.name}`" in card
     final_loss = np.mean([1.0 / s for s in range(110, 210, 10)])  # mean over the last 10 logged steps
     assert f"loss {final_loss:.4g}," in card
     assert "| test-src | 1 | CC-BY-4.0 | 0 | 1 |" in card and "| test-src | 1 | CC0-1.0 | 1 | 1 |" in card
