@@ -41,6 +41,11 @@ train-default: $(STAMP) data
 eval: $(STAMP) data
 	$(PY) -m dgae eval --data $(DATA) --out weights/eval
 
+.PHONY: model-card
+model-card: $(STAMP)
+	$(PY) -m dgae.model_card --run runs/default --eval weights/eval --data $(DATA) \
+		--checkpoint weights/dgae-small-f8c4.safetensors --out weights/MODEL_CARD.md
+
 bench: $(STAMP)
 	$(PY) -m dgae bench backends --quick --out benchmarks/results
 
