@@ -49,12 +49,14 @@ def _registry() -> dict[str, DGAEConfig]:
             reg[f"{latent}-{size}"] = _paper(latent, size)
         reg[latent] = reg[f"{latent}-B"]
     # CPU presets. "tiny": tests (seconds on one core). "small-f8c4": the bundled default.
+    # GroupNorm removes each group's magnitude; with 2 channels per group (32 ch / 16 groups) a
+    # flat colour cannot be represented at all, so the small presets keep >= 8 channels per group.
     reg["tiny"] = _small("tiny", 8, 4, enc_base=16, dec_base=16, dec_mult=(1, 2, 2, 2),
                          attention=(8,), head=16, groups=8)
     reg["tiny-f16c16"] = _small("tiny-f16c16", 16, 16, enc_base=16, dec_base=16,
                                 dec_mult=(1, 2, 2, 2, 2), attention=(16,), head=16, groups=8)
     reg["small-f8c4"] = _small("small-f8c4", 8, 4, enc_base=32, dec_base=32, dec_mult=(1, 2, 3, 4),
-                               attention=(8,), head=32, blocks=1, groups=16)
+                               attention=(8,), head=32, blocks=1, groups=4)
     return reg
 
 
