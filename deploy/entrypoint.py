@@ -163,6 +163,8 @@ def prepare(plan: Plan, machine: Machine, env: Mapping[str, str], run: Runner = 
     cache = Path(env.get(ENV_CACHE) or DEFAULT_CACHE)
     dgae = [sys.executable, "-m", "dgae", "export"]
     onnx_args = shlex.split(env.get(ENV_ONNX_ARGS, ""))
+    if plan.backend == "onnxruntime" and plan.precision == "fp16":
+        onnx_args = ["--fp16", *onnx_args]  # ONNX Runtime runs the export's own precision
     onnx_parts = {"checkpoint_sha256": plan.checkpoint_sha256, "torch": machine.torch,
                   "exporter": _source_digest(EXPORT_PACKAGE), "args": shlex.join(onnx_args)}
     onnx_dir = engine_cache.ensure_entry(cache, "onnx", onnx_parts, _builder(
@@ -171,8 +173,8 @@ def prepare(plan: Plan, machine: Machine, env: Mapping[str, str], run: Runner = 
     if not plan.build_engine:
         return out
     trt_args = shlex.split(env.get(ENV_TRT_ARGS, ""))
-    if plan.precision == "fp16":
-        trt_args = ["--fp16", *trt_args]
+    if plan.precision != "fp32":
+        trt_args = [f"--{plan.precision}", *trt_args]  # from the fp32 export; norms stay fp32 in the engine
     engine_parts = {"checkpoint_sha256": plan.checkpoint_sha256, "gpu": machine.gpu or "",
                     "capability": machine.gpu_capability, "tensorrt": machine.tensorrt or "",
                     "onnx": onnx_dir.name, "args": shlex.join(trt_args)}

@@ -239,3 +239,12 @@ def test_script_serves_on_cpu_outside_docker(which, tiny_checkpoint, tmp_path, m
     assert code == 0, f"entrypoint did not exit cleanly on SIGTERM ({code})"
     log = (tmp_path / "entrypoint.log").read_text()
     assert "plan: backend=torch device=cpu" in log
+
+
+def test_precision_reaches_the_right_export_step(tmp_path):
+    run = FakeExport()
+    _prepare(tmp_path, L4, SHA_A, run, {"DGAE_BACKEND": "onnxruntime"})
+    _prepare(tmp_path, L4, SHA_A, run, {"DGAE_PRECISION": "bf16", "DGAE_TRT_BUILD_ARGS": "--max-batch 4"})
+    onnx_fp16, onnx_fp32, trt_bf16 = run.calls
+    assert "--fp16" in onnx_fp16 and "--fp16" not in onnx_fp32  # TensorRT builds from the fp32 export
+    assert trt_bf16[-3:] == ["--bf16", "--max-batch", "4"]
