@@ -4,6 +4,7 @@ script serving a checkpoint on this CPU machine outside Docker."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -140,7 +141,12 @@ def test_incomplete_entry_is_rebuilt(tmp_path):
     entry = tmp_path / engine_cache.entry_name("onnx", parts)
     entry.mkdir()
     (entry / "half-written.onnx").write_text("x")  # no manifest: a crash mid-build on an old version
-    out = engine_cache.ensure_entry(tmp_path, "onnx", parts, lambda d: built.append(d) or (d / "m.onnx").write_text("y"))
+
+    def build(d: Path) -> None:
+        built.append(d)
+        (d / "m.onnx").write_text("y")
+
+    out = engine_cache.ensure_entry(tmp_path, "onnx", parts, build)
     assert built and sorted(p.name for p in out.iterdir()) == ["m.onnx", engine_cache.MANIFEST]
 
 
@@ -187,15 +193,13 @@ def test_healthcheck_reports_a_closed_port_and_a_bad_setting(monkeypatch, capsys
 
 # --- the real script, outside Docker ----------------------------------------------------------
 def _script_env(**extra: str) -> dict[str, str]:
-    import os  # noqa: PLC0415
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("DGAE_")}
     return {**env, "DGAE_PYTHON": sys.executable, **extra}
 
 
 def test_plan_names_the_checkpoint_and_a_missing_one_is_a_one_line_error(tiny_checkpoint, tmp_path, monkeypatch,
                                                                           capsys, caplog):
-    for key in [k for k in __import__("os").environ if k.startswith("DGAE_")]:
+    for key in [k for k in os.environ if k.startswith("DGAE_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("DGAE_CHECKPOINT", str(tiny_checkpoint))
     assert entrypoint.main(["plan"]) == 0
