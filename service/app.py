@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,7 +21,6 @@ from dgae.backends.base import Backend
 
 from . import codecs
 from .errors import ERROR_CODE_SCOPE_KEY, install_handlers, openapi_errors
-from .metrics import CONTENT_TYPE_LATEST
 from .routes import build_router, require_api_key, service
 from .settings import ServiceSettings
 from .state import ServiceState

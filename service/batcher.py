@@ -156,17 +156,17 @@ class DynamicBatcher:
                 await self._execute(first.key, batch)
 
     async def _execute(self, key: Hashable, batch: list[_Job]) -> None:
-        inputs = torch.cat([j.inputs for j in batch])  # [sum n, ...]
-        seeds = [s for j in batch for s in j.seeds]
         started = time.monotonic()
         for job in batch:
             self._metrics.queue_seconds.labels(self.operation).observe(started - job.enqueued_at)
         try:
+            inputs = torch.cat([j.inputs for j in batch])  # [sum n, ...]
+            seeds = [s for j in batch for s in j.seeds]
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_split, key, inputs, seeds)
         except Exception as exc:  # noqa: BLE001 - fail this batch only, keep serving
             if not isinstance(exc, DGAEError):
-                log.error("%s batch of %d failed", self.operation, len(inputs), exc_info=exc)
+                log.error("%s batch of %d request(s) failed", self.operation, len(batch), exc_info=exc)
                 exc = BackendError(f"{self.operation} failed in the backend: {type(exc).__name__}: {exc}")
             for job in batch:
                 if not job.future.done():

@@ -164,7 +164,7 @@ def _npy_latents(body: bytes) -> torch.Tensor:
         raise InputError(f"body: truncated or oversized .npy payload: shape {shape} needs {expected} bytes, "
                          f"got {len(data)}")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return check_latent_tensor(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), "body")
+    return check_latent_tensor(torch.from_numpy(np.array(arr, dtype=np.float32, order="C")), "body")
 
 
 def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:

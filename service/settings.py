@@ -29,6 +29,8 @@ class ServiceSettings(BaseSettings):
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")
     warmup: bool = Field(True, description="run one encode + decode before reporting ready")
+    torch_threads: int = Field(0, ge=0, description="CPU intra-op threads (0 = torch's default); 1 helps on "
+                                                    "shared, oversubscribed CPUs")
 
     # --- network --------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -68,6 +68,8 @@ class ServiceState:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)  # process-wide
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgae-backend")
         s = self.settings
         for op, run in ((ENCODE, self._encode_batch), (DECODE, self._decode_batch)):
