@@ -1,12 +1,11 @@
-"""Helpers for tests that run real processes on loopback (service replicas, the entrypoint, nginx):
-free ports, waiting for /readyz, a small PNG, and stopping only what the test started."""
+"""Helpers for tests that run several real processes on loopback at once (service replicas, the
+entrypoint, nginx): start without waiting, wait for /readyz, stop (or kill) only what the test
+started."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,6 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 3000
 HTTP_OK = 200
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_unavailable() -> str | None:
@@ -100,13 +93,3 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int | None:
             proc.wait()
     proc.log_file.close()  # type: ignore[attr-defined]
     return proc.returncode
-
-
-def png_bytes(side: int = 32, seed: int = 0) -> bytes:
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
-
-    rgb = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()

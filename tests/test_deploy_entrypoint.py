@@ -18,7 +18,8 @@ from deploy.entrypoint import Machine, decide, prepare, prepare_with_fallback
 from dgae.checkpoint import BUNDLED_CHECKPOINT
 from dgae.errors import BackendError, ConfigError
 
-from service_procs import REPO, free_port, png_bytes, skip_without_serve, start, stop, wait_ready
+from service_cases import free_port, png
+from service_procs import REPO, skip_without_serve, start, stop, wait_ready
 
 SCRIPT = REPO / "docker" / "entrypoint.sh"
 CPU = Machine(torch="2.13.0")
@@ -233,7 +234,7 @@ def test_script_serves_on_cpu_outside_docker(which, tiny_checkpoint, tmp_path, m
         assert healthcheck.main() == healthcheck.EXIT_HEALTHY
         model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=30).json()
         assert "torch" in json.dumps(model) and "cpu" in json.dumps(model)
-        resp = httpx.post(f"http://127.0.0.1:{port}/encode", content=png_bytes(32),
+        resp = httpx.post(f"http://127.0.0.1:{port}/encode", content=png(32, 32),
                           headers={"Content-Type": "image/png"}, timeout=120)
         assert resp.status_code == 200, resp.text
         n, c, h, w = map(int, resp.headers["X-DGAE-Shape"].split(","))

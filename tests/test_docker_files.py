@@ -257,7 +257,7 @@ def test_dockerignore_lets_in_every_package_and_copied_file():
     packages = sorted({p.parent.name for pattern in include for p in REPO.glob(f"{pattern.rstrip('*')}*/__init__.py")})
     assert {"dgae", "service", "export", "deploy"} <= set(packages)
     needed = [f"{p}/__init__.py" for p in packages] + ["weights/lpips/lpips_alex.safetensors",
-                                                        "weights/dgae-small-f8c4.safetensors"]
+                                                        "weights/dgae-small-f8c4.safetensors", "docker/entrypoint.sh"]
     for line in stages()["cpu-builder"]["lines"] + stages()["gpu-builder"]["lines"]:
         if line.startswith("COPY ") and "--from" not in line:
             needed += line.split()[1:-1]

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_procs import REPO, free_port, png_bytes, skip_without_serve, start, start_service, stop, wait_ready
+from service_cases import free_port, png
+from service_procs import REPO, skip_without_serve, start, start_service, stop, wait_ready
 
 TEMPLATE = REPO / "docker" / "nginx" / "dgae.conf.template"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
@@ -25,7 +26,7 @@ REPLICAS_BLOCK = re.compile(r"^[ \t]*# BEGIN replicas\n(?P<body>.*?)^[ \t]*# END
 SERVER_LINE = re.compile(r"server\s+\S+\s+resolve\s+(?P<params>[^;]*);")
 VARIABLE = re.compile(r"\$\{(DGAE_[A-Z0-9_]+)\}")
 BODY_LIMIT = 256 * 1024  # rendered into nginx AND given to the replicas, as compose does
-REQUESTS = 8
+REQUESTS = 6
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install -y nginx)")
@@ -131,7 +132,7 @@ def cluster(tiny_checkpoint, tmp_path_factory):
 
 def encode(lb: str, n: int) -> list[httpx.Response]:
     with httpx.Client(base_url=lb, timeout=120) as client:
-        return [client.post("/encode", content=png_bytes(32, seed=i), headers={"Content-Type": "image/png"})
+        return [client.post("/encode", content=png(32, 32, seed=i), headers={"Content-Type": "image/png"})
                 for i in range(n)]
 
 
