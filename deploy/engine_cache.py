@@ -5,7 +5,7 @@ TensorRT version, build options), so a changed GPU or checkpoint builds a new en
 unchanged one is reused. Replicas that share the volume coordinate with a file lock: the first
 one builds, the others wait and then reuse. Layout under the cache root::
 
-    <kind>-<key>/                 finished entry; manifest.json inside records the key's parts
+    <kind>-<key>/                 finished entry; cache-entry.json inside records the key's parts
     .<kind>-<key>.lock            flock held while one process checks or builds the entry
     .<kind>-<key>.tmp-<pid>/      build in progress; renamed to <kind>-<key> only when complete
 """
@@ -26,7 +26,7 @@ from dgae.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+MANIFEST = "cache-entry.json"  # not manifest.json: that is the exporter's own file in the same folder
 KEY_HEX_CHARS = 16
 KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 

@@ -80,6 +80,7 @@ class FakeExport:
             return 3
         out = Path(cmd[cmd.index("-o") + 1])
         (out / f"{what}.bin").write_text(" ".join(cmd))
+        (out / "manifest.json").write_text(json.dumps({"kind": what}))  # the exporter's own manifest
         return 0
 
     def kinds(self) -> list[str]:
@@ -98,6 +99,7 @@ def test_first_start_builds_then_every_later_start_reuses(tmp_path):
     trt_cmd = run.calls[1]
     assert "--fp16" in trt_cmd and trt_cmd[trt_cmd.index("--onnx") + 1] == first["DGAE_ONNX_DIR"]
     assert (Path(first["DGAE_ENGINE_DIR"]) / "tensorrt.bin").is_file()
+    assert json.loads((Path(first["DGAE_ENGINE_DIR"]) / "manifest.json").read_text()) == {"kind": "tensorrt"}
     assert first["DGAE_BACKEND"] == "tensorrt" and first["DGAE_DEVICE"] == "cuda"
     again = _prepare(tmp_path, L4, SHA_A, run)
     assert again == first and run.kinds() == ["onnx", "tensorrt"]  # nothing rebuilt
