@@ -89,7 +89,7 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"precision": plan.precision, "flags": plan.flags, "workspace_bytes": plan.workspace_bytes,
                           "timing_cache": plan.timing_cache,
-                          "engines": {e.graph: {"onnx": e.onnx_file, "engine": e.engine_file, "profile": e.profile}
+                          "engines": {e.graph: {"onnx": e.onnx_file, "engine": e.engine_file, "profile": {k: ["x".join(map(str, s)) for s in v] for k, v in e.profile.items()}}
                                       for e in plan.engines}}, indent=2))
         return 0
     manifest = build_engines(plan)
