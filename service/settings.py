@@ -28,6 +28,8 @@ class ServiceSettings(BaseSettings):
     device: str = Field("cpu", description="cpu | cuda[:N]")
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")
+    onnx_dir: str | None = Field(None, description="onnxruntime backend: a 'dgae export onnx' folder")
+    engine_dir: str | None = Field(None, description="tensorrt backend: a 'dgae export tensorrt' folder")
     warmup: bool = Field(True, description="run one encode + decode before reporting ready")
     torch_threads: int = Field(0, ge=0, description="CPU intra-op threads (0 = torch's default); 1 helps on "
                                                     "shared, oversubscribed CPUs")

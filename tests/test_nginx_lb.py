@@ -1,0 +1,178 @@
+"""The committed load-balancer config (docker/nginx/dgae.conf.template), rendered the way the nginx
+image renders it, with the replica block pointed at loopback: `nginx -t` passes, and a real nginx in
+front of two real `dgae serve` processes (plus one replica stuck at 503, like one still loading)
+spreads /encode over both, enforces the service's body limit, and routes around a killed replica.
+
+Needs Debian's nginx (`apt-get install -y nginx`); skipped with the reason when it is missing."""
+from __future__ import annotations
+
+import http.server
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service_cases import free_port, png
+from service_procs import REPO, skip_without_serve, start, start_service, stop, wait_ready
+
+TEMPLATE = REPO / "docker" / "nginx" / "dgae.conf.template"
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
+REPLICAS_BLOCK = re.compile(r"^[ \t]*# BEGIN replicas\n(?P<body>.*?)^[ \t]*# END replicas\n", re.M | re.S)
+SERVER_LINE = re.compile(r"server\s+\S+\s+resolve\s+(?P<params>[^;]*);")
+VARIABLE = re.compile(r"\$\{(DGAE_[A-Z0-9_]+)\}")
+BODY_LIMIT = 256 * 1024  # rendered into nginx AND given to the replicas, as compose does
+REQUESTS = 6
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install -y nginx)")
+
+
+def render(values: dict[str, str], replica_ports: list[int]) -> str:
+    """The template with ${DGAE_*} substituted (as the image's envsubst does) and the replicas block
+    replaced by one loopback server per port, keeping the committed server parameters."""
+    text = TEMPLATE.read_text()
+    block = REPLICAS_BLOCK.search(text)
+    assert block, f"{TEMPLATE} lost its '# BEGIN replicas' / '# END replicas' block"
+    params = SERVER_LINE.search(block["body"])
+    assert params, f"{TEMPLATE}: the replicas block has no 'server NAME resolve ...;' line"
+    servers = "".join(f"    server 127.0.0.1:{p} {params['params']};\n" for p in replica_ports)
+    text = text[:block.start()] + servers + text[block.end():]
+    missing = sorted(set(VARIABLE.findall(text)) - set(values))
+    assert not missing, f"template uses variables the test does not set: {missing}"
+    return VARIABLE.sub(lambda m: values[m.group(1)], text)
+
+
+def write_config(prefix: Path, values: dict[str, str], replica_ports: list[int]) -> Path:
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "dgae.conf").write_text(render(values, replica_ports))
+    temp = "".join(f"    {name}_temp_path {prefix / name};\n" for name in TEMP_DIRS)
+    main = prefix / "nginx.conf"
+    main.write_text(f"worker_processes 1;\nevents {{ worker_connections 256; }}\n"
+                    f"http {{\n{temp}    include {prefix / 'dgae.conf'};\n}}\n")
+    return main
+
+
+def nginx_cmd(prefix: Path, main: Path, *flags: str, globals_: str = "") -> list[str]:
+    """nginx on our own prefix, pid file and stderr log (never the system service's)."""
+    return [NGINX, "-p", str(prefix), "-c", str(main), "-e", "stderr",
+            "-g", f"pid {prefix / 'nginx.pid'}; {globals_}", *flags]
+
+
+def values(lb_port: int) -> dict[str, str]:
+    return {"DGAE_LB_LISTEN": f"127.0.0.1:{lb_port}", "DGAE_PORT": "8000", "DGAE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+
+
+def test_rendered_config_passes_nginx_t(tmp_path):
+    main = write_config(tmp_path / "nginx", values(free_port()), [free_port(), free_port()])
+    out = subprocess.run(nginx_cmd(tmp_path / "nginx", main, "-t"), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "test is successful" in out.stderr
+
+
+def test_broken_config_fails_nginx_t(tmp_path):
+    """The check above can fail: a typo in the template is caught by nginx -t."""
+    prefix = tmp_path / "nginx"
+    main = write_config(prefix, values(free_port()), [free_port()])
+    conf = prefix / "dgae.conf"
+    conf.write_text(conf.read_text().replace("proxy_next_upstream_tries", "proxy_next_upstream_triez"))
+    out = subprocess.run(nginx_cmd(prefix, main, "-t"), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "proxy_next_upstream_triez" in out.stderr
+
+
+class NotReadyHandler(http.server.BaseHTTPRequestHandler):
+    """A replica that is up but not ready (still loading): 503 to everything, like /readyz."""
+
+    def _refuse(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"error": {"code": "not_ready", "message": "loading"}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_checkpoint, tmp_path_factory):
+    skip_without_serve()
+    tmp = tmp_path_factory.mktemp("lb")
+    ports = [free_port(), free_port()]
+    replicas = [start_service(tiny_checkpoint, p, tmp / f"replica{i}.log", DGAE_MAX_BODY_BYTES=str(BODY_LIMIT))
+                for i, p in enumerate(ports)]
+    loading = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotReadyHandler)
+    threading.Thread(target=loading.serve_forever, daemon=True).start()
+    lb_port = free_port()
+    main = write_config(tmp / "nginx", values(lb_port), [*ports, loading.server_address[1]])
+    nginx = None
+    try:
+        for port, proc in zip(ports, replicas):
+            wait_ready(port, [proc])
+        nginx = start(nginx_cmd(tmp / "nginx", main, globals_="daemon off;"), None, tmp / "nginx.log")
+        wait_ready(lb_port, [nginx])
+        yield {"lb": f"http://127.0.0.1:{lb_port}", "ports": ports, "replicas": replicas,
+               "loading_port": loading.server_address[1], "nginx_log": tmp / "nginx.log"}
+    finally:
+        if nginx is not None:
+            stop(nginx, signal.SIGQUIT)
+        for proc in replicas:
+            stop(proc)
+        loading.shutdown()
+
+
+def encode(lb: str, n: int) -> list[httpx.Response]:
+    with httpx.Client(base_url=lb, timeout=120) as client:
+        return [client.post("/encode", content=png(32, 32, seed=i), headers={"Content-Type": "image/png"})
+                for i in range(n)]
+
+
+def served_by(log: Path, path: str) -> list[str]:
+    """The replica (last upstream tried) of each logged request to ``path`` with status 200."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(rf'"POST {re.escape(path)} HTTP/[0-9.]+" 200 .*upstream=(?P<up>.*?) upstream_status=', line)
+        if m:
+            out.append(m["up"].split(", ")[-1])
+    return out
+
+
+@pytest.mark.server
+def test_requests_are_spread_over_both_replicas(cluster):
+    responses = encode(cluster["lb"], REQUESTS)
+    assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
+    assert len({r.headers["X-DGAE-Shape"] for r in responses}) == 1
+    replicas = set(served_by(cluster["nginx_log"], "/encode"))
+    assert replicas == {f"127.0.0.1:{p}" for p in cluster["ports"]}, replicas  # both, never the loading one
+    log = cluster["nginx_log"].read_text(errors="replace")
+    assert re.search(rf"upstream=[^\n]*127\.0\.0\.1:{cluster['loading_port']}[^\n]*upstream_status=503", log), \
+        "the not-ready replica was never tried: the test no longer shows that 503 is routed around"
+
+
+@pytest.mark.server
+def test_body_limit_and_internal_paths(cluster):
+    with httpx.Client(base_url=cluster["lb"], timeout=60) as client:
+        too_big = client.post("/encode", content=b"\0" * (BODY_LIMIT + 1), headers={"Content-Type": "image/png"})
+        assert too_big.status_code == 413
+        assert client.get("/metrics").status_code == 404  # per replica, scraped directly
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/healthz").json() == {"status": "alive"}
+
+
+@pytest.mark.server
+def test_a_killed_replica_is_routed_around(cluster):
+    victim, survivor = cluster["replicas"][0], cluster["ports"][1]
+    assert stop(victim, signal.SIGKILL) == -signal.SIGKILL
+    before = len(served_by(cluster["nginx_log"], "/encode"))
+    responses = encode(cluster["lb"], REQUESTS)
+    assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
+    assert set(served_by(cluster["nginx_log"], "/encode")[before:]) == {f"127.0.0.1:{survivor}"}
