@@ -297,7 +297,7 @@ def export_onnx(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
-        export_model = load_checkpoint(path, dtype=TORCH_DTYPES[precision])
+        export_model = model if precision == "fp32" else load_checkpoint(path, dtype=TORCH_DTYPES[precision])
         entries, protos = {}, {}
         for name in names:
             if name == mf.UNROLLED:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+# Tracing takes ~1 CPU-minute; on a contended CI box the session's first export test can wait far
+# longer for a core than the default per-test timeout allows.
+EXPORT_TIMEOUT_S = 1800
 UNROLL_STEPS = 2  # the tiny preset's default_steps, so a default decode uses the unrolled graph
 _CACHE: dict[str, Path] = {}
 

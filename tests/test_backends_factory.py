@@ -12,7 +12,9 @@ from dgae.backends.torch_backend import TorchBackend
 from dgae.checkpoint import file_sha256
 from dgae.errors import BackendError
 from export import cache
-from tests.export_fixtures import copy_export, tiny_export
+from tests.export_fixtures import EXPORT_TIMEOUT_S, copy_export, tiny_export
+
+pytestmark = pytest.mark.timeout(EXPORT_TIMEOUT_S)  # the first test pays for the shared export
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,12 @@ import torch
 from dgae.backends.onnxruntime_backend import CUDA_EP, OnnxRuntimeBackend
 from dgae.backends.torch_backend import TorchBackend
 from dgae.errors import BackendError, InputError
-from tests.export_fixtures import UNROLL_STEPS, tiny_export
+from tests.export_fixtures import EXPORT_TIMEOUT_S, UNROLL_STEPS, tiny_export
 
 DECODE_TOL = 1e-3
 ENCODE_REL_TOL = 1e-4
+
+pytestmark = pytest.mark.timeout(EXPORT_TIMEOUT_S)  # the first test pays for the shared export
 
 
 @pytest.fixture(scope="session")

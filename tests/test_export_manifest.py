@@ -11,7 +11,9 @@ from dgae.checkpoint import file_sha256
 from dgae.backends.onnxruntime_backend import OnnxRuntimeBackend
 from dgae.errors import BackendError
 from export import manifest as mf
-from tests.export_fixtures import copy_export, tiny_export
+from tests.export_fixtures import EXPORT_TIMEOUT_S, copy_export, tiny_export
+
+pytestmark = pytest.mark.timeout(EXPORT_TIMEOUT_S)  # the first test pays for the shared export
 
 
 @pytest.fixture(scope="session")

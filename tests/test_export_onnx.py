@@ -16,7 +16,9 @@ from dgae.errors import ExportError
 from dgae.sampler import SamplePlan, make_buffer, run_sampler
 from export import manifest as mf
 from export import onnx_export, validate
-from tests.export_fixtures import UNROLL_STEPS, tiny_export
+from tests.export_fixtures import EXPORT_TIMEOUT_S, UNROLL_STEPS, tiny_export
+
+pytestmark = pytest.mark.timeout(EXPORT_TIMEOUT_S)  # the first test pays for the shared export
 
 
 @pytest.fixture(scope="session")
@@ -94,11 +96,12 @@ def fast_trace(monkeypatch, onnx_dir):
 
 def test_failed_validation_keeps_existing_files(fast_trace, monkeypatch, tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
-    onnx_export.export_onnx(tiny_checkpoint, out, graphs=[mf.ENCODER])
+    small = [(8, 8), (8, 16)]
+    onnx_export.export_onnx(tiny_checkpoint, out, graphs=[mf.ENCODER], validation_sizes=small)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     monkeypatch.setitem(validate.TOLERANCES, "fp32", 0.0)  # nothing can pass
     with pytest.raises(ExportError, match="validation failed"):
-        onnx_export.export_onnx(tiny_checkpoint, out, graphs=[mf.ENCODER, mf.DENOISER])
+        onnx_export.export_onnx(tiny_checkpoint, out, graphs=[mf.ENCODER, mf.DENOISER], validation_sizes=small)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # the previous export is untouched, no denoiser.onnx appeared
     rejected = list((out / onnx_export.REJECTED_DIR).iterdir())
@@ -142,3 +145,20 @@ def test_bundled_default_exports(tmp_path):
     manifest = onnx_export.export_onnx(None, tmp_path)
     assert manifest.checkpoint_sha256 == file_sha256(BUNDLED_CHECKPOINT)
     assert manifest.validation and all(r["ok"] for r in manifest.validation)
+
+
+@pytest.mark.parametrize("solver, schedule", [("heun", "uniform"), ("euler", "shifted")])
+def test_unrolled_composition_other_solvers(onnx_dir, tiny_model, tmp_path, solver, schedule):
+    """Heun's 2N-1 denoiser calls and a shifted schedule, composed from the exported denoiser."""
+    cfg = dataclasses.replace(tiny_model.config.sampler, solver=solver, schedule=schedule, shift=3.0)
+    plan = SamplePlan.build(cfg, 2)
+    proto = onnx_export.compose_unrolled(onnx.load(str(onnx_dir / "denoiser.onnx")), plan)
+    onnx.checker.check_model(proto)
+    calls = sum(n.name.endswith("/t") for n in proto.graph.node)
+    assert calls == (2 * 2 - 1 if solver == "heun" else 2)
+    onnx_export.save_graph(proto, tmp_path / "u.onnx")
+    g = torch.Generator().manual_seed(5)
+    noise, z = torch.randn(2, 3, 16, 24, generator=g), torch.randn(2, 4, 16, 24, generator=g)
+    (img,) = validate.make_session(tmp_path / "u.onnx").run(["image"], {"noise": noise.numpy(), "z": z.numpy()})
+    ref = run_sampler(tiny_model.decoder.forward_buffer, make_buffer(noise, z), plan)
+    assert np.abs(img - ref.numpy()).max() < 1e-5

@@ -13,9 +13,11 @@ from dgae import cli
 from dgae.errors import BackendError, ExportError
 from export import manifest as mf
 from export import tensorrt_build as tb
-from tests.export_fixtures import tiny_export
+from tests.export_fixtures import EXPORT_TIMEOUT_S, tiny_export
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+pytestmark = pytest.mark.timeout(EXPORT_TIMEOUT_S)  # the first test pays for the shared export
 
 
 @pytest.fixture(scope="session")
