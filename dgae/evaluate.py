@@ -236,12 +236,16 @@ def _features(kid_flag: bool | None, device: str, batch_size: int) -> FeatureFn 
 
 
 def run(args: argparse.Namespace) -> int:
+    with torch.no_grad():  # a context, not set_grad_enabled(False): in-process callers keep autograd
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from .backends.factory import create_backend  # noqa: PLC0415
     from .checkpoint import describe, resolve_checkpoint  # noqa: PLC0415
     from .eval_report import write_outputs  # noqa: PLC0415
     from .metrics.lpips import LPIPS  # noqa: PLC0415
 
-    torch.set_grad_enabled(False)
     settings = EvalSettings(data=args.data, split=args.split, crop=args.crop, max_side=args.max_side,
                             crops_per_image=args.crops_per_image, steps=tuple(args.steps), seed=args.seed,
                             batch_size=args.batch_size, grid_rows=args.grid_rows).validate()

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..backends.torch_backend import TorchBackend
 from ..checkpoint import resolve_checkpoint
 
@@ -16,5 +14,4 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
 
 
 def load_backend(args: argparse.Namespace) -> TorchBackend:
-    torch.set_grad_enabled(False)
     return TorchBackend.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
