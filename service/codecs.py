@@ -1,0 +1,272 @@
+"""Request parsing and response encoding for the HTTP routes.
+
+Requests: the body is read with a byte limit enforced while streaming; images come as multipart
+file parts or one raw ``image/*`` body; latents as safetensors, npy (sniffed by magic) or JSON
+``{"latents": [...]}``. Every check raises a typed error naming the problem (400/413/415).
+
+Responses: latents as safetensors (with metadata), npy or JSON; images as PNG/JPEG/WebP (one),
+a zip of them (several), or uint8 (N, H, W, 3) safetensors / npy.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import fields
+from pathlib import PurePath
+
+import numpy as np
+import torch
+from fastapi import Request
+from safetensors.torch import save as st_save
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from dgae.errors import InputError, TooLargeError
+from dgae.imageio import FIT_POLICIES, FitInfo, decode_image, encode_image, fit_image, restore_size
+from dgae.latents_io import check_latent_tensor, dump_npy, dump_safetensors, load_safetensors
+
+from .errors import UnsupportedMediaType
+
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+SAFETENSORS = "application/x-safetensors"
+NPY = "application/x-npy"
+ZIP = "application/zip"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/x-ms-bmp")
+RAW_IMAGE_TYPES = IMAGE_TYPES + ("application/octet-stream",)
+# Binary latents are sniffed (npy magic, else safetensors). curl --data-binary sends the form type.
+RAW_TENSOR_TYPES = (SAFETENSORS, NPY, "application/octet-stream", "application/safetensors",
+                    "application/npy", "application/x-www-form-urlencoded", "")
+IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+NPY_MAGIC = b"\x93NUMPY"
+NPY_DTYPES = (np.dtype("<f4"), np.dtype("<f2"))
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+MAX_FORM_FIELDS = 32
+META_KEY = "dgae"
+IMAGES_KEY = "images"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing (413) as soon as Content-Length or the bytes read pass ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise InputError(f"invalid Content-Length {declared!r}")
+        if int(declared) > max_bytes:
+            raise TooLargeError(f"body of {int(declared)} bytes exceeds the limit of {max_bytes} bytes")
+    chunks, total = [], 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLargeError(f"body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InputError("client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+# --- images in ----------------------------------------------------------------------------------
+async def image_files(request: Request, body: bytes, max_items: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) for each uploaded image: multipart file parts or one raw image body."""
+    mtype = media_type(request)
+    if mtype in RAW_IMAGE_TYPES:
+        return [("body", body)]
+    if mtype != MULTIPART:
+        raise UnsupportedMediaType(f"unsupported Content-Type {mtype or '(none)'!r} for /encode; send "
+                                   f"multipart/form-data file parts (curl -F image=@photo.png) or one raw "
+                                   f"image body with Content-Type {', '.join(IMAGE_TYPES)}")
+
+    async def replay():
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=max_items + 1, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if "too many files" in exc.message.lower():
+            raise TooLargeError(f"too many images (limit {max_items} per request)") from None
+        raise InputError(f"malformed multipart body: {exc.message}") from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise InputError(f"malformed multipart body: {exc}") from None
+    try:
+        files = [(part.filename or field, await part.read())
+                 for field, part in form.multi_items() if isinstance(part, UploadFile)]
+    finally:
+        await form.close()
+    if not files:
+        raise InputError("no image file parts in the multipart body (send each image as a file, "
+                         "e.g. curl -F image=@photo.png)")
+    if len(files) > max_items:
+        raise TooLargeError(f"{len(files)} images exceed the limit of {max_items} per request")
+    return files
+
+
+def decode_images(files: list[tuple[str, bytes]], f: int, fit: str,
+                  max_pixels: int) -> tuple[list[np.ndarray], list[FitInfo]]:
+    """Decode and fit every image (uint8 [H, W, 3]); all must share one size after fitting."""
+    rgbs, infos = [], []
+    for name, data in files:
+        if not data:
+            raise InputError(f"{name}: empty image file")
+        rgb = decode_image(data, name=name, max_pixels=max_pixels)
+        try:
+            rgb, info = fit_image(rgb, f, fit)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        rgbs.append(rgb)
+        infos.append(info)
+    sizes = sorted({r.shape[:2] for r in rgbs})
+    if len(sizes) > 1:
+        raise InputError(f"images have different sizes after fitting ({', '.join(f'{w}x{h}' for h, w in sizes)}); "
+                         f"one request holds one size: send them separately")
+    return rgbs, infos
+
+
+# --- latents in ---------------------------------------------------------------------------------
+def parse_latents(body: bytes, mtype: str, max_json_values: int) -> tuple[torch.Tensor, dict]:
+    """Latents float32 [N, c, h, w] and their metadata (empty when none) from a request body."""
+    if mtype not in RAW_TENSOR_TYPES + (JSON,):
+        raise UnsupportedMediaType(f"unsupported Content-Type {mtype!r} for /decode; send safetensors or npy "
+                                   f"({SAFETENSORS}, {NPY} or application/octet-stream) or {JSON}")
+    if not body:
+        raise InputError("empty body: send latents as safetensors, npy or JSON")
+    if mtype == JSON:
+        return _json_latents(body, max_json_values)
+    if body.startswith(NPY_MAGIC):
+        return _npy_latents(body), {}
+    return load_safetensors(body, "body")
+
+
+def _npy_latents(body: bytes) -> torch.Tensor:
+    """Parse .npy without trusting its header: shape x itemsize must equal the bytes present."""
+    fh = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = NPY_HEADER_READERS.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(fh)
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise InputError(f"body: malformed .npy header ({str(exc)[:200]})") from None
+    if dtype not in NPY_DTYPES:
+        raise InputError(f"body: npy dtype must be little-endian float32 or float16, got {dtype}")
+    expected = math.prod(shape) * dtype.itemsize
+    data = body[fh.tell():]
+    if len(data) != expected:
+        raise InputError(f"body: truncated or oversized .npy payload: shape {shape} needs {expected} bytes, "
+                         f"got {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return check_latent_tensor(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), "body")
+
+
+def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"body is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(doc, dict) or "latents" not in doc:
+        raise InputError('JSON body must be an object {"latents": [...]} with a nested list (c, h, w) '
+                         'or (N, c, h, w)')
+    try:
+        arr = np.array(doc["latents"], dtype=object)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"latents: not a rectangular nested list ({str(exc)[:200]})") from None
+    if arr.size > max_values:
+        raise TooLargeError(f"latents: {arr.size} JSON values exceed the limit of {max_values}; send safetensors or npy")
+    if arr.ndim not in (3, 4) or not all(type(v) in (int, float) for v in arr.ravel()):
+        raise InputError("latents must be a rectangular nested list of numbers with rank 3 (c, h, w) "
+                         f"or 4 (N, c, h, w); got rank {arr.ndim}"
+                         f"{' with non-number entries' if arr.ndim in (3, 4) else ''}")
+    try:
+        values = arr.astype(np.float32)  # [.., c, h, w]
+    except OverflowError:
+        raise InputError("latents contain a number too large for float32") from None
+    meta = doc.get("metadata")
+    return check_latent_tensor(torch.from_numpy(values), "latents"), meta if isinstance(meta, dict) else {}
+
+
+def check_latents(latents: torch.Tensor, c: int, f: int, max_items: int, max_pixels: int) -> None:
+    n, channels, h, w = latents.shape
+    if channels != c:
+        raise InputError(f"latents have {channels} channels; this model expects c={c}: shape (N, {c}, h, w)")
+    if n > max_items:
+        raise TooLargeError(f"{n} latents exceed the limit of {max_items} per request")
+    if h * w * f * f > max_pixels:
+        raise TooLargeError(f"latents {h}x{w} decode to {h * f}x{w * f} = {h * w * f * f} pixels, over the "
+                            f"limit of {max_pixels}")
+    if not torch.isfinite(latents).all():
+        raise InputError("latents contain NaN or infinite values")
+
+
+def fit_infos(meta: dict, n: int, max_pixels: int) -> list[FitInfo | None]:
+    """Per-latent fit records from request metadata (validated: they drive crops and resizes)."""
+    images = meta.get(IMAGES_KEY)
+    if images is None:
+        return [None] * n
+    if not isinstance(images, list) or len(images) != n:
+        raise InputError(f"metadata '{IMAGES_KEY}' must be a list with one entry per latent ({n})")
+    out = []
+    for i, d in enumerate(images):
+        try:
+            info = FitInfo(**{fl.name: d[fl.name] for fl in fields(FitInfo) if fl.name in d})
+        except (TypeError, KeyError) as exc:
+            raise InputError(f"metadata images[{i}]: {exc}") from None
+        ints = [getattr(info, fl.name) for fl in fields(FitInfo) if fl.name != "fit"]
+        if not all(type(v) is int and v >= 0 for v in ints) or info.fit not in FIT_POLICIES:
+            raise InputError(f"metadata images[{i}]: sizes must be non-negative integers and fit one of "
+                             f"{', '.join(FIT_POLICIES)}")
+        if not 0 < info.orig_height * info.orig_width <= max_pixels:
+            raise TooLargeError(f"metadata images[{i}]: original size {info.orig_width}x{info.orig_height} "
+                                f"is empty or over the pixel limit {max_pixels}")
+        out.append(info)
+    return out
+
+
+# --- responses ---------------------------------------------------------------------------------
+def latents_body(latents: torch.Tensor, fmt: str, dtype: torch.dtype, meta: dict) -> tuple[bytes, str]:
+    t = latents.to(dtype).contiguous()
+    if fmt == "safetensors":
+        return dump_safetensors(t, meta), SAFETENSORS
+    if fmt == "npy":
+        return dump_npy(t.numpy()), NPY
+    doc = {"latents": t.float().tolist(), "shape": list(t.shape), "dtype": str(dtype).removeprefix("torch."),
+           "metadata": meta}
+    return json.dumps(doc).encode(), JSON
+
+
+def images_body(rgbs: np.ndarray, infos: list[FitInfo | None], names: list[str], fmt: str, quality: int,
+                meta: dict) -> tuple[bytes, str, str]:
+    """rgbs uint8 [N, H, W, 3] -> (bytes, media type, file name). Image formats undo the encode-time
+    fit (crop padding / resize back); tensor formats keep the decoder's full output."""
+    if fmt == "safetensors":
+        return st_save({IMAGES_KEY: torch.from_numpy(rgbs)}, metadata={META_KEY: json.dumps(meta)}), \
+            SAFETENSORS, "images.safetensors"
+    if fmt == "npy":
+        return dump_npy(rgbs), NPY, "images.npy"
+    restored = [restore_size(rgb, info) for rgb, info in zip(rgbs, infos)]
+    files = [encode_image(rgb, fmt, quality) for rgb in restored]
+    if len(files) == 1:
+        return files[0], IMAGE_FORMATS[fmt], f"image.{fmt}"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:  # images are compressed already
+        for name, data in zip(zip_names(names, len(files), fmt), files):
+            zf.writestr(name, data)
+    return buf.getvalue(), ZIP, "images.zip"
+
+
+def zip_names(names: list[str], n: int, fmt: str) -> list[str]:
+    """<index>_<original stem>.<fmt> (stems sanitised), or <index>.<fmt> without names."""
+    out = []
+    for i in range(n):
+        stem = PurePath(names[i]).stem if i < len(names) and isinstance(names[i], str) else ""
+        stem = "".join(ch for ch in stem if ch.isalnum() or ch in "-_.")[:64]
+        out.append(f"{i:04d}_{stem}.{fmt}" if stem else f"{i:04d}.{fmt}")
+    return out

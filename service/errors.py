@@ -1,0 +1,146 @@
+"""HTTP errors: every failure becomes ``{"error": {"code", "message"}}`` with a fitting status.
+
+The project's typed errors (dgae.errors) map by class; the service adds its own for media types,
+parameters, auth, backpressure and deadlines. Anything unexpected is logged with its traceback and
+answered 500 with a generic message, so no input can kill the process or leak internals.
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dgae.errors import BackendError, CheckpointError, ConfigError, DGAEError, InputError, TooLargeError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(DGAEError):
+    status = 500
+    code = "service_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ParameterError(ServiceError):
+    status, code = 422, "invalid_parameter"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class QueueFull(ServiceError):
+    status, code = 503, "queue_full"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class ShuttingDown(ServiceError):
+    status, code = 503, "shutting_down"
+
+
+class DeadlineExceeded(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# (class, status) in lookup order: the first isinstance match wins.
+_STATUS_BY_CLASS: tuple[tuple[type[Exception], int], ...] = (
+    (TooLargeError, 413),
+    (InputError, 400),
+    (BackendError, 500),
+    (CheckpointError, 500),
+    (ConfigError, 500),
+)
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
+INTERNAL_MESSAGE = "internal error; see the server log"
+ERROR_CODE_SCOPE_KEY = "dgae.error_code"  # set on the ASGI scope for the metrics middleware
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status
+    for cls, status in _STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def response_for(exc: Exception) -> JSONResponse:
+    """The JSON error response for any exception (used by handlers and by the batcher's callers)."""
+    if isinstance(exc, DGAEError):
+        headers = exc.headers if isinstance(exc, ServiceError) else None
+        return error_response(status_of(exc), exc.code, str(exc), headers)
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", INTERNAL_MESSAGE)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "header", "path"))
+        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request parameters"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers; each tags the scope with its code for the failure metric."""
+    def tagged(request: Request, response: JSONResponse, code: str) -> JSONResponse:
+        request.scope[ERROR_CODE_SCOPE_KEY] = code
+        return response
+
+    async def on_dgae_error(request: Request, exc: DGAEError) -> JSONResponse:
+        return tagged(request, response_for(exc), exc.code)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return tagged(request, error_response(422, "invalid_parameter", _validation_message(exc)), "invalid_parameter")
+
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return tagged(request, error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None)),
+                      code)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return tagged(request, response_for(exc), "internal_error")
+
+    app.add_exception_handler(DGAEError, on_dgae_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def openapi_errors(*statuses: int) -> dict[int, dict]:
+    """``responses=`` entries documenting the JSON error body for the given statuses."""
+    text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
+            413: "body, pixels or item count over the limit", 415: "unsupported Content-Type",
+            422: "parameter out of range", 500: "backend failure (only this batch's requests)",
+            503: "queue full or not ready (Retry-After)", 504: "request deadline exceeded"}
+    return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

@@ -1,0 +1,45 @@
+"""Prometheus metrics, one CollectorRegistry per app (tests build many apps in one process).
+
+Names follow the Triton/TEI spirit: ``dgae_request_*`` per route, ``dgae_queue_*`` /
+``dgae_batch_*`` / ``dgae_compute_*`` per operation (encode | decode).
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("dgae_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.request_seconds = Histogram("dgae_request_duration_seconds", "HTTP request latency", ["route"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.failures = Counter("dgae_request_failures", "Failed requests by error code", ["route", "reason"],
+                                registry=r)
+        self.queue_seconds = Histogram("dgae_queue_duration_seconds", "Time a request waited for its batch",
+                                       ["operation"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("dgae_compute_duration_seconds", "Backend time per batch",
+                                         ["operation"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("dgae_batch_size", "Items per backend batch", ["operation"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.pending = Gauge("dgae_pending_requests", "Requests queued or computing", ["operation"], registry=r)
+        self.rejected = Counter("dgae_queue_rejections", "Requests refused because the queue was full",
+                                ["operation"], registry=r)
+        self.oom_splits = Counter("dgae_oom_splits", "Batches split after an out-of-memory error",
+                                  ["operation"], registry=r)
+        self.images_encoded = Counter("dgae_images_encoded", "Images encoded", registry=r)
+        self.images_decoded = Counter("dgae_images_decoded", "Images decoded", registry=r)
+        self.decode_steps = Histogram("dgae_decode_steps", "Sampler steps per decoded image",
+                                      buckets=STEP_BUCKETS, registry=r)
+        self.ready = Gauge("dgae_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.model_info = Gauge("dgae_model_info", "Loaded model (value 1)",
+                                ["preset", "backend", "device", "precision", "checkpoint_sha256"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

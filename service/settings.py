@@ -1,0 +1,81 @@
+"""Service configuration: environment variables with the ``DGAE_`` prefix (pydantic-settings),
+mirrored one to one by the ``dgae serve`` flags (see service.cli).
+
+Paths (checkpoint, engines) come only from here, never from requests. Sampler step limits
+default to the checkpoint's own config; ``max_steps`` may only lower the model's maximum.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dgae.imageio import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "DGAE_"
+MIB = 1 << 20
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- model / runtime ----------------------------------------------------------------
+    checkpoint: str | None = Field(None, description="checkpoint .safetensors (default: bundled weights/)")
+    backend: str = Field("torch", description="backend name understood by dgae.backends.factory")
+    device: str = Field("cpu", description="cpu | cuda[:N]")
+    precision: str = Field("fp32", description="fp32 | fp16 | bf16")
+    compile: bool = Field(False, description="torch backend: torch.compile the networks")
+    warmup: bool = Field(True, description="run one encode + decode before reporting ready")
+
+    # --- network --------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated bearer tokens; empty = no authentication")
+
+    # --- batching and backpressure ----------------------------------------------------------
+    max_batch_size: int = Field(8, ge=1, description="items per backend call")
+    max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill up")
+    queue_size: int = Field(64, ge=1, description="requests waiting per operation before 503")
+    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after)")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
+    shutdown_timeout_s: int = Field(60, ge=1, description="SIGTERM: how long in-flight requests may finish")
+
+    # --- input limits -------------------------------------------------------------------------
+    max_body_bytes: int = Field(64 * MIB, ge=1, description="request body limit (413)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="per image, input or output (413)")
+    max_items: int = Field(16, ge=1, description="images or latents per request (413)")
+    max_json_values: int = Field(1 << 18, ge=1, description="largest tensor sent or returned as JSON")
+    default_steps: int | None = Field(None, ge=1, description="decode steps default (model's if unset)")
+    max_steps: int | None = Field(None, ge=1, description="decode steps cap (never above the model's)")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @field_validator("precision")
+    @classmethod
+    def _check_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved configuration for logs (API keys replaced by their count)."""
+        out = self.model_dump()
+        out["api_keys"] = f"<{len(self.api_keys)} key(s)>"
+        return out

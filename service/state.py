@@ -1,0 +1,140 @@
+"""The service's runtime state: model spec, backend, worker thread, batchers and readiness.
+
+Loading happens in the background after startup (so /healthz answers while a large model loads):
+create the backend in the worker thread, warm it up with one tiny encode + decode, start one
+batcher per operation, then report ready. Shutdown drains the batchers and closes the backend.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Hashable
+
+import torch
+
+from dgae.backends.base import Backend
+from dgae.checkpoint import read_config, resolve_checkpoint
+from dgae.config import IMAGE_CHANNELS, DGAEConfig
+from dgae.errors import ConfigError
+
+from .batcher import DynamicBatcher
+from .errors import NotReady
+from .metrics import ServiceMetrics
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+ENCODE, DECODE = "encode", "decode"
+WARMUP_STEPS = 1
+WARMUP_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What routes need to know before the backend is loaded (read from the config alone)."""
+
+    preset: str
+    f: int
+    c: int
+    default_steps: int
+    max_steps: int
+    warmup_side: int
+
+    @classmethod
+    def from_config(cls, cfg: DGAEConfig, settings: ServiceSettings) -> "ModelSpec":
+        max_steps = min(settings.max_steps or cfg.sampler.max_steps, cfg.sampler.max_steps)
+        default = settings.default_steps or min(cfg.sampler.default_steps, max_steps)
+        if default > max_steps:
+            raise ConfigError(f"default_steps {default} exceeds max_steps {max_steps}")
+        side = max(cfg.downsample_factor, cfg.decoder_multiple)
+        return cls(cfg.name, cfg.downsample_factor, cfg.latent_channels, default, max_steps, side)
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings, backend: Backend | None = None):
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.backend = backend
+        self.checkpoint = None if backend else resolve_checkpoint(settings.checkpoint)
+        config = backend.config if backend else read_config(self.checkpoint)  # fails fast on a bad file
+        self.spec = ModelSpec.from_config(config, settings)
+        self.ready = False
+        self.load_error: str | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self._load_task: asyncio.Task | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgae-backend")
+        s = self.settings
+        for op, run in ((ENCODE, self._encode_batch), (DECODE, self._decode_batch)):
+            self.batchers[op] = DynamicBatcher(op, run, self.executor, self.metrics, max_batch_size=s.max_batch_size,
+                                               max_wait_s=s.max_wait_ms / 1000, queue_size=s.queue_size,
+                                               retry_after_s=s.retry_after_s)
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="dgae-load")
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._load_task and not self._load_task.done():
+            self._load_task.cancel()
+        for batcher in self.batchers.values():
+            await batcher.close(self.settings.shutdown_timeout_s)
+        if self.executor:
+            self.executor.shutdown(wait=True)
+        if self.backend:
+            self.backend.close()
+        log.info("service stopped")
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.backend is None:
+                self.backend = await loop.run_in_executor(self.executor, self._create_backend)
+            if self.settings.warmup:
+                await loop.run_in_executor(self.executor, self._warmup)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log, process stays up
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model failed to load: %s", self.load_error, exc_info=exc)
+            return
+        for batcher in self.batchers.values():
+            batcher.start()
+        info = self.backend.info()
+        self.metrics.model_info.labels(self.spec.preset, info.name, info.device, info.precision,
+                                       self.backend.checkpoint_sha256).set(1)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %s on %s (%s), backend %s", self.spec.preset, info.device, info.precision, info.name)
+
+    def _create_backend(self) -> Backend:
+        from dgae.backends.factory import create_backend  # noqa: PLC0415 - heavy, loaded in the worker
+
+        s = self.settings
+        log.info("loading %s with backend %s on %s (%s)", self.checkpoint, s.backend, s.device, s.precision)
+        return create_backend(s.backend, self.checkpoint, device=s.device, precision=s.precision,
+                              max_batch_size=s.max_batch_size, compile=s.compile)
+
+    def _warmup(self) -> None:
+        side = self.spec.warmup_side
+        latents = self.backend.encode(torch.zeros(1, IMAGE_CHANNELS, side, side), "mean", [WARMUP_SEED])
+        self.backend.decode(latents, WARMUP_STEPS, [WARMUP_SEED])
+        log.info("warm-up done (%dx%d image)", side, side)
+
+    # --- requests ---------------------------------------------------------------------------------
+    def require_ready(self) -> None:
+        if not self.ready:
+            state = f"failed to load ({self.load_error})" if self.load_error else "still loading"
+            raise NotReady(f"the model is {state}", headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    async def submit(self, op: str, key: Hashable, inputs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        return await self.batchers[op].submit(key, inputs, seeds, self.settings.request_timeout_s)
+
+    # Worker-thread batch functions: key = (mode, H, W) for encode, (steps, c, h, w) for decode.
+    def _encode_batch(self, key: Hashable, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        return self.backend.encode(images, key[0], seeds)
+
+    def _decode_batch(self, key: Hashable, latents: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        return self.backend.decode(latents, key[0], seeds)
