@@ -41,8 +41,13 @@ train-default: $(STAMP) data
 eval: $(STAMP) data
 	$(PY) -m dgae eval --data $(DATA) --out weights/eval
 
+BENCH_OUT ?= benchmarks/results
+
+# CPU benchmark set (< 10 min): backends, HTTP load (starts the service twice), anchors; JSON + PNG
 bench: $(STAMP)
-	$(PY) -m dgae bench backends --quick --out benchmarks/results
+	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT)
+	$(PY) -m dgae bench load --quick --out $(BENCH_OUT)
+	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CONCURRENCY = (1, 4, 16, 64)
 RATIO_CONCURRENCY = 16            # the level the batching ratio is quoted at
 DEFAULT_BATCH = 8
-QUICK = {"size": 64, "steps": 1, "level_seconds": 6.0, "max_requests": 128, "repeats": 2}
+QUICK = {"size": 64, "steps": 1, "level_seconds": 6.0, "max_requests": 128, "repeats": 3}
 FULL = {"size": 256, "steps": 2, "level_seconds": 30.0, "max_requests": 2000, "repeats": 5}
 REQUEST_TIMEOUT_S = 300.0
 WARMUP_REQUESTS_PER_SLOT = 2      # untimed requests per batch slot before each op's sweep
@@ -174,6 +174,7 @@ def inprocess(checkpoint, kind: str, device: str, wl: Workload, batches: tuple[i
 def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
     from .service_process import ServiceProcess  # noqa: PLC0415
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)       # one INFO line per request otherwise
     preset = QUICK if args.quick else FULL
     size = args.size or preset["size"]
     steps = args.steps or preset["steps"]

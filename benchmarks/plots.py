@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 FIG_SIZE = (11, 4.2)
 DPI = 110
 TITLE_SIZE = 9
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
 def _pyplot():
@@ -20,6 +21,16 @@ def _pyplot():
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
+
+
+def _int_ticks(ax, values) -> None:
+    """Log-2 x axis labelled with the measured values themselves."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: PLC0415
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(values)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _machine(report: dict) -> str:
@@ -41,7 +52,8 @@ def plot_backends(report: dict, path: Path) -> Path:
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=backend)
         label = f"{op} {size}px" + (f", {first_steps} step(s)" if op == "decode" else "")
-        ax.set(title=label, xlabel="batch size", ylabel="images / s", xscale="log", yscale="log")
+        ax.set(title=label, xlabel="batch size", ylabel="images / s", yscale="log")
+        _int_ticks(ax, [r["batch"] for r in rows])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"DGAE backends: throughput vs batch size - {_machine(report)}", fontsize=TITLE_SIZE)
@@ -54,16 +66,17 @@ def plot_load(report: dict, path: Path) -> Path:
     ops = [op for op in ("encode", "decode") if any(lv["op"] == op for c in report["configs"] for lv in c["levels"])]
     fig, axes = plt.subplots(len(ops), 2, figsize=(FIG_SIZE[0], FIG_SIZE[1] * len(ops)), squeeze=False)
     for (ax_tp, ax_lat), op in zip(axes, ops):
-        for cfg in report["configs"]:
+        for color, cfg in zip(COLORS, report["configs"]):
             levels = sorted((lv for lv in cfg["levels"] if lv["op"] == op), key=lambda lv: lv["concurrency"])
             xs = [lv["concurrency"] for lv in levels]
-            ax_tp.plot(xs, [lv["requests_per_s"] for lv in levels], marker="o", label=cfg["name"])
+            ax_tp.plot(xs, [lv["requests_per_s"] for lv in levels], marker="o", color=color, label=cfg["name"])
             for q, style in (("p50_ms", "-"), ("p99_ms", "--")):
-                ax_lat.plot(xs, [lv["latency"][q] for lv in levels], style, marker="o",
+                ax_lat.plot(xs, [lv["latency"][q] for lv in levels], style, marker="o", color=color,
                             label=f"{cfg['name']} {q[:3]}")
-        ax_tp.set(title=f"{op}: throughput", xlabel="concurrent clients", ylabel="requests / s", xscale="log")
-        ax_lat.set(title=f"{op}: latency", xlabel="concurrent clients", ylabel="ms", xscale="log", yscale="log")
+        ax_tp.set(title=f"{op}: throughput", xlabel="concurrent clients", ylabel="requests / s")
+        ax_lat.set(title=f"{op}: latency", xlabel="concurrent clients", ylabel="ms", yscale="log")
         for ax in (ax_tp, ax_lat):
+            _int_ticks(ax, report["concurrency"])
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle(f"DGAE service under load - {_machine(report)}", fontsize=TITLE_SIZE)

@@ -40,14 +40,17 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; seconds per timed run, each
-    bracketed by device synchronisation so queued GPU work is counted."""
+def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None],
+                 min_seconds: float = 0.0, max_repeats: int = 0) -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then at least ``repeats`` times (and, while under
+    ``max_repeats``, until ``min_seconds`` of timed runs); seconds per timed run, each bracketed
+    by device synchronisation so queued GPU work is counted."""
     for _ in range(warmup):
         fn()
     sync()
-    out = []
-    for _ in range(repeats):
+    out: list[float] = []
+    limit = max(repeats, max_repeats)
+    while len(out) < repeats or (sum(out) < min_seconds and len(out) < limit):
         start = time.perf_counter()
         fn()
         sync()

@@ -75,6 +75,8 @@ class Grid:
     steps_sizes: int
     warmup: int
     repeats: int
+    min_seconds: float = 0.0          # keep repeating short cases until this much timed time...
+    max_repeats: int = 0              # ...up to this many runs (GPU: batch-1 calls take ms)
 
     def cases(self) -> list[tuple[str, int, int, int]]:
         out = []
@@ -90,8 +92,8 @@ QUICK_GRID = Grid(sizes=(64, 128), batches=(1, RATIO_BATCH), steps=(1, 2, 4, 8),
                   warmup=1, repeats=2)
 FULL_CPU_GRID = Grid(sizes=(256, 512), batches=(1, 4, RATIO_BATCH), steps=(1, 2, 4, 8), steps_sizes=1,
                      warmup=1, repeats=3)
-FULL_GPU_GRID = Grid(sizes=(256, 512), batches=(1, 4, RATIO_BATCH, 16, 32), steps=(1, 2, 4, 8),
-                     steps_sizes=2, warmup=3, repeats=10)
+FULL_GPU_GRID = Grid(sizes=(256, 512), batches=(1, RATIO_BATCH, 32), steps=(1, 2, 4, 8), steps_sizes=1,
+                     warmup=1, repeats=3, min_seconds=0.5, max_repeats=50)
 
 
 @contextlib.contextmanager
@@ -163,7 +165,7 @@ def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, in
                 else:
                     fn = lambda b=batch, z=latents, s=steps: backend.decode(z[:b], steps=s, seeds=DECODE_SEED)  # noqa: E731
                 log.info("%s %s %dpx batch %d steps %s", spec.name, op, size, batch, steps or "-")
-                seconds = time_repeats(fn, grid.warmup, grid.repeats, sync)
+                seconds = time_repeats(fn, grid.warmup, grid.repeats, sync, grid.min_seconds, grid.max_repeats)
                 rows.append(make_row(spec.name, op, size, batch, steps, seconds, backend.config,
                                      pass_flops, peak_tflops))
         except Exception as exc:  # noqa: BLE001 - one failing runtime must not hide the others
