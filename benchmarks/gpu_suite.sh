@@ -48,7 +48,7 @@ if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu
   MODEL=(--preset tiny)
   KERNELS_ARGS=(--dry-run)
-  BACKENDS_ARGS=(--quick --sizes 32 --batches 1,2 --steps 1,2 --repeats 1 --warmup 0)
+  BACKENDS_ARGS=(--quick --sizes 32 --batches 1 --steps 1 --repeats 1 --warmup 0)
   ANCHORS_ARGS=(--size 32 --batch 1 --steps 1,2 --repeats 1)
   KERNELS_LIMIT_S=$DRY_LIMIT_S; BACKENDS_LIMIT_S=$DRY_LIMIT_S; ANCHORS_LIMIT_S=$DRY_LIMIT_S
 else

@@ -58,8 +58,7 @@ SPECS: tuple[BackendSpec, ...] = (
     BackendSpec("torch-compile-bf16", "torch", "bf16", cuda_only=True, options={"compile": True},
                 env={KERNELS_ENV: "reference"}),
     BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", cuda_only=True),
-    BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True,
-                options={"providers": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}),
+    BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True, options={"tensorrt_ep": True}),
     BackendSpec("tensorrt-fp16", "tensorrt", "fp16", cuda_only=True),
 )
 
@@ -135,20 +134,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def make_backend(spec: BackendSpec, checkpoint: Path, device: str, max_batch: int):
+def make_backend(spec: BackendSpec, checkpoint: Path, device: str, max_batch: int, runtime_options: dict):
+    """``runtime_options``: per-kind extras from the command line, e.g. {"tensorrt": {"engine_dir": ...}}."""
     from dgae.backends.factory import create_backend  # noqa: PLC0415
 
+    options = {**spec.options, **runtime_options.get(spec.kind, {})}
     return create_backend(spec.kind, checkpoint, device=device, precision=spec.precision,
-                          max_batch_size=max_batch, **spec.options)
+                          max_batch_size=max_batch, **options)
 
 
 def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, inputs: dict,
-                budget_s: float | None, pass_flops: dict, peak_tflops: float | None) -> dict:
+                budget_s: float | None, pass_flops: dict, peak_tflops: float | None,
+                runtime_options: dict) -> dict:
     """Measure every grid case on one backend; {'rows': [...]} or {'skipped': reason}."""
     started = time.monotonic()
     with environment(spec.env):
         try:
-            backend = make_backend(spec, checkpoint, device, max(grid.batches))
+            backend = make_backend(spec, checkpoint, device, max(grid.batches), runtime_options)
         except Exception as exc:  # noqa: BLE001 - any runtime that cannot start here is skipped
             return {"skipped": f"{type(exc).__name__}: {first_line(exc)}"}
         info = backend.info().to_dict()
@@ -214,7 +216,7 @@ def prepare_inputs(checkpoint: Path, grid: Grid) -> tuple[dict, str]:
 
 
 def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str] | None,
-        budget_s: float | None, peak_tflops: float | None) -> dict:
+        budget_s: float | None, peak_tflops: float | None, runtime_options: dict | None = None) -> dict:
     from dgae.checkpoint import read_config  # noqa: PLC0415
 
     config = read_config(checkpoint)
@@ -225,7 +227,7 @@ def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str]
     for spec in select_specs(names):
         reason = skip_reason(spec, device, quick)
         result = {"skipped": reason} if reason else run_backend(
-            spec, checkpoint, device, grid, inputs, budget_s, pass_flops, peak_tflops)
+            spec, checkpoint, device, grid, inputs, budget_s, pass_flops, peak_tflops, runtime_options or {})
         if "skipped" in result:
             log.info("skipped %s: %s", spec.name, result["skipped"])
         rows.extend(result.pop("rows", []))
