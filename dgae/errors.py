@@ -36,3 +36,9 @@ class BackendError(DGAEError):
     """A runtime backend failed or is unavailable (missing provider, engine mismatch)."""
 
     code = "backend_error"
+
+
+class ExportError(DGAEError):
+    """An export failed: tracing, ONNX checking, or parity validation against PyTorch."""
+
+    code = "export_error"
