@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     p.add_argument("--budget-s", type=float, default=None,
                    help="per-backend time budget; cases not started in time are listed as cut")
+    p.add_argument("--total-budget-s", type=float, default=None,
+                   help="time budget of the whole run; backends not started in time are listed as skipped")
     p.add_argument("--onnx-dir", default=None, help="ONNX export for the onnxruntime rows (default: export "
                                                     "the checkpoint once into the cache)")
     p.add_argument("--engine-dir", default=None, help="TensorRT engines for the tensorrt row (dgae export tensorrt)")
@@ -114,7 +116,7 @@ def run_backends(args: argparse.Namespace, checkpoint: Path, device: str) -> dic
     runtime = {"onnxruntime": {"onnx_dir": args.onnx_dir} if args.onnx_dir else {},
                "tensorrt": {"engine_dir": args.engine_dir} if args.engine_dir else {}}
     report = throughput.run(checkpoint, device, _grid(args, device), args.quick, names, args.budget_s, peak,
-                            runtime)
+                            runtime, args.total_budget_s)
     print(throughput.results_table(report))
     for line in throughput.skipped_lines(report):
         print(line)

@@ -48,18 +48,19 @@ class BackendSpec:
 
 
 # Eager rows pin the PyTorch reference ops so "eager" means plain PyTorch on every device.
-SPECS: tuple[BackendSpec, ...] = (
+SPECS: tuple[BackendSpec, ...] = (            # slow-to-start runtimes last: a total budget cuts them first
     BackendSpec(BASELINE, "torch", env={KERNELS_ENV: "reference"}),
-    BackendSpec("torch-compile-fp32", "torch", slow_warmup=True, options={"compile": True},
-                env={KERNELS_ENV: "reference"}),
     BackendSpec("onnxruntime-fp32", "onnxruntime"),
     BackendSpec("torch-eager-bf16", "torch", "bf16", cuda_only=True, env={KERNELS_ENV: "reference"}),
     BackendSpec("torch-triton-bf16", "torch", "bf16", cuda_only=True, env={KERNELS_ENV: "triton"}),
-    BackendSpec("torch-compile-bf16", "torch", "bf16", cuda_only=True, options={"compile": True},
-                env={KERNELS_ENV: "reference"}),
     BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", cuda_only=True),
-    BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True, options={"tensorrt_ep": True}),
     BackendSpec("tensorrt-fp16", "tensorrt", "fp16", cuda_only=True),
+    BackendSpec("torch-compile-fp32", "torch", slow_warmup=True, options={"compile": True},
+                env={KERNELS_ENV: "reference"}),
+    BackendSpec("torch-compile-bf16", "torch", "bf16", cuda_only=True, slow_warmup=True, options={"compile": True},
+                env={KERNELS_ENV: "reference"}),
+    BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True, slow_warmup=True,
+                options={"tensorrt_ep": True}),
 )
 
 
@@ -216,7 +217,10 @@ def prepare_inputs(checkpoint: Path, grid: Grid) -> tuple[dict, str]:
 
 
 def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str] | None,
-        budget_s: float | None, peak_tflops: float | None, runtime_options: dict | None = None) -> dict:
+        budget_s: float | None, peak_tflops: float | None, runtime_options: dict | None = None,
+        total_budget_s: float | None = None) -> dict:
+    """Benchmark every selected backend. ``budget_s`` bounds each backend, ``total_budget_s`` the
+    whole run (a backend not started in time is skipped with that reason)."""
     from dgae.checkpoint import read_config  # noqa: PLC0415
 
     config = read_config(checkpoint)
@@ -224,10 +228,15 @@ def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str]
     inputs, source = prepare_inputs(checkpoint, grid)
     pass_flops = {s: flops.decoder_pass_flops(config, s, s) for s in grid.sizes}
     backends, rows = {}, []
+    started = time.monotonic()
     for spec in select_specs(names):
         reason = skip_reason(spec, device, quick)
+        left = None if total_budget_s is None else total_budget_s - (time.monotonic() - started)
+        if reason is None and left is not None and left <= 0:
+            reason = f"total time budget ({total_budget_s:.0f} s) spent before it could start"
+        budget = left if budget_s is None else (budget_s if left is None else min(budget_s, left))
         result = {"skipped": reason} if reason else run_backend(
-            spec, checkpoint, device, grid, inputs, budget_s, pass_flops, peak_tflops, runtime_options or {})
+            spec, checkpoint, device, grid, inputs, budget, pass_flops, peak_tflops, runtime_options or {})
         if "skipped" in result:
             log.info("skipped %s: %s", spec.name, result["skipped"])
         rows.extend(result.pop("rows", []))

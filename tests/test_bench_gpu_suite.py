@@ -36,7 +36,7 @@ def test_dry_run_runs_every_step_and_writes_results(tmp_path):
     anchors = json.loads((out / "anchors-cpu.json").read_text())
     labels = [r["label"] for r in anchors["rows"]]
     assert {"dgae 1 step", "dgae 2 steps"} <= set(labels)
-    for name in ("backends-cpu.png", "anchors-cpu.png", "kernels.log", "backends.log", "anchors.log"):
+    for name in ("backends-cpu.png", "anchors-cpu.png", "kernels.log", "engines.log", "backends.log", "anchors.log"):
         assert (out / name).stat().st_size > 0
     assert "gpu suite: all steps passed" in proc.stdout
 
