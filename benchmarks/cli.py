@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
+import time
 from pathlib import Path
 
 from dgae.errors import InputError
@@ -62,8 +64,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     device = resolve_device(args.device)
     checkpoint = resolve_bench_checkpoint(args)
+    wall, cpu = time.monotonic(), _cpu_seconds()
     report = {"backends": run_backends, "load": run_load, "anchors": run_anchors}[args.bench](args, checkpoint, device)
+    # CPU seconds (this process + finished children such as the services) next to wall time: on a
+    # shared machine wall time includes waiting for the CPU, CPU time does not
+    report["run"] = {"wall_s": time.monotonic() - wall, "cpu_s": _cpu_seconds() - cpu}
     return finish(args, report, device)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def finish(args: argparse.Namespace, report: dict, device: str) -> int:
@@ -73,7 +84,8 @@ def finish(args: argparse.Namespace, report: dict, device: str) -> int:
     report["machine"] = describe_machine(report.pop("checkpoint_path", None))
     name = results_name(report["benchmark"], device)
     path = write_json(args.out / f"{name}.json", report)
-    print(f"machine: {report['machine']['summary']}")
+    print(f"machine: {report['machine']['summary']}; {report['run']['wall_s']:.0f} s wall, "
+          f"{report['run']['cpu_s']:.0f} s CPU")
     print(f"wrote {path}")
     if not args.no_plot:
         from .plots import plot_report  # noqa: PLC0415

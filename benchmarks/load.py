@@ -61,8 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int_list, default=CONCURRENCY, help="client counts, e.g. 1,4,16,64")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="DGAE_MAX_BATCH_SIZE of the batching run")
     p.add_argument("--max-wait-ms", type=float, default=None, help="DGAE_MAX_WAIT_MS (service default if unset)")
-    p.add_argument("--size", type=int, default=None, help=f"image side (default {FULL['size']}; --quick {QUICK['size']})")
-    p.add_argument("--steps", type=int, default=None, help=f"decode steps (default {FULL['steps']}; --quick {QUICK['steps']})")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"image side (default {FULL['size']}; --quick {QUICK['size']})")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"decode steps (default {FULL['steps']}; --quick {QUICK['steps']})")
     p.add_argument("--level-seconds", type=float, default=None, help="time bound per concurrency level")
     p.add_argument("--max-requests", type=int, default=None, help="request bound per concurrency level")
     p.add_argument("--ops", default="encode,decode", help="comma-separated: encode, decode")
@@ -202,9 +204,10 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
         if args.max_wait_ms is not None:
             settings["DGAE_MAX_WAIT_MS"] = args.max_wait_ms
         with ServiceProcess(settings) as url:
-            levels_out = asyncio.run(sweep(url, ops, wl, levels, max_requests, seconds, batch * WARMUP_REQUESTS_PER_SLOT))
-        report["configs"].append({"name": name, "max_batch_size": batch, "settings": {k: str(v) for k, v in settings.items()},
-                                  "levels": levels_out})
+            levels_out = asyncio.run(sweep(url, ops, wl, levels, max_requests, seconds,
+                                           batch * WARMUP_REQUESTS_PER_SLOT))
+        report["configs"].append({"name": name, "max_batch_size": batch, "levels": levels_out,
+                                  "settings": {k: str(v) for k, v in settings.items()}})
     report["summary"] = summarize(report)
     return report
 
@@ -225,7 +228,8 @@ def summarize(report: dict) -> dict:
                 out["batching_ratio"].append({"op": op, "concurrency": c,
                                               "ratio": a["requests_per_s"] / b["requests_per_s"]})
         for cfg in (on, off):
-            base = next((r for r in report.get("inprocess", []) if r["op"] == op and r["batch"] == cfg["max_batch_size"]), None)
+            base = next((r for r in report.get("inprocess", [])
+                         if r["op"] == op and r["batch"] == cfg["max_batch_size"]), None)
             top = _level(cfg, op, max(report["concurrency"]))
             if base and top:
                 out["service_vs_inprocess"].append({
@@ -253,6 +257,7 @@ def summary_text(report: dict) -> str:
         mark = "  <-" if r["concurrency"] == RATIO_CONCURRENCY else ""
         lines.append(f"  {r['op']}: batching / max_batch_size=1 at {r['concurrency']} clients: {r['ratio']:.2f}x{mark}")
     for r in s["service_vs_inprocess"]:
-        lines.append(f"  {r['op']}: service ({r['config']}, {r['concurrency']} clients) / in-process batch {r['batch']}: "
+        lines.append(f"  {r['op']}: service ({r['config']}, {r['concurrency']} clients) / "
+                     f"in-process batch {r['batch']}: "
                      f"{r['service_images_per_s']:.2f} / {r['inprocess_images_per_s']:.2f} img/s = {r['ratio']:.2f}")
     return "\n".join(lines)

@@ -166,7 +166,8 @@ def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, in
                 if op == "encode":
                     fn = lambda b=batch, x=images: backend.encode(x[:b])  # noqa: E731
                 else:
-                    fn = lambda b=batch, z=latents, s=steps: backend.decode(z[:b], steps=s, seeds=DECODE_SEED)  # noqa: E731
+                    fn = lambda b=batch, z=latents, s=steps: backend.decode(  # noqa: E731
+                        z[:b], steps=s, seeds=DECODE_SEED)
                 log.info("%s %s %dpx batch %d steps %s", spec.name, op, size, batch, steps or "-")
                 seconds = time_repeats(fn, grid.warmup, grid.repeats, sync, grid.min_seconds, grid.max_repeats)
                 rows.append(make_row(spec.name, op, size, batch, steps, seconds, backend.config,
