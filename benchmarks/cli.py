@@ -1,4 +1,4 @@
-"""`dgae bench backends|load|anchors|plots`: run a benchmark, print its table, write
+"""`dgae bench backends|load|anchors|plots|markdown`: run a benchmark, print its table, write
 ``<out>/<benchmark>-<cpu|cuda>.json`` (machine, versions, commit, checkpoint sha256 included)
 and the matching PNG plot."""
 from __future__ import annotations
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
 
+    p = sub.add_parser("markdown", help="print Markdown tables of the results JSON in a folder (README)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.bench == "plots":
@@ -61,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
         written = plot_folder(args.out)
         print("\n".join(str(p) for p in written) or f"no results JSON in {args.out}")
+        return 0
+    if args.bench == "markdown":
+        from .markdown import render_folder  # noqa: PLC0415
+
+        print(render_folder(args.out) or f"no results JSON in {args.out}")
         return 0
     device = resolve_device(args.device)
     checkpoint = resolve_bench_checkpoint(args)

@@ -91,6 +91,10 @@ def test_cli_writes_json_with_machine_and_plot(tiny_checkpoint, tmp_path, capsys
     assert (tmp_path / "backends-cpu.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "x eager" in out and "machine:" in out
+    assert report["run"]["wall_s"] > 0 and report["run"]["cpu_s"] > 0
+    assert cli.main(["bench", "markdown", "--out", str(tmp_path)]) == 0
+    md = capsys.readouterr().out
+    assert "| torch-eager-fp32 | encode | 32 | 1 |" in md and "*Machine: " in md and "backends-cpu.png" in md
 
 
 @pytest.mark.parametrize("argv", [["--sizes", "0"], ["--batches", "a,b"]])
