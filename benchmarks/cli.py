@@ -11,7 +11,8 @@ from pathlib import Path
 
 from dgae.errors import InputError
 
-from .common import DEFAULT_OUT, add_common_arguments, int_list, resolve_bench_checkpoint, resolve_device, results_name
+from .common import (DEFAULT_OUT, add_common_arguments, apply_threads, int_list, resolve_bench_checkpoint,
+                     resolve_device, results_name)
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
         print(render_folder(args.out) or f"no results JSON in {args.out}")
         return 0
     device = resolve_device(args.device)
+    apply_threads(args.threads)
     checkpoint = resolve_bench_checkpoint(args)
     wall, cpu = time.monotonic(), _cpu_seconds()
     report = {"backends": run_backends, "load": run_load, "anchors": run_anchors}[args.bench](args, checkpoint, device)
     # CPU seconds (this process + finished children such as the services) next to wall time: on a
     # shared machine wall time includes waiting for the CPU, CPU time does not
-    report["run"] = {"wall_s": time.monotonic() - wall, "cpu_s": _cpu_seconds() - cpu}
+    report["run"] = {"wall_s": time.monotonic() - wall, "cpu_s": _cpu_seconds() - cpu, "threads": args.threads}
     return finish(args, report, device)
 
 
@@ -133,7 +135,8 @@ def run_backends(args: argparse.Namespace, checkpoint: Path, device: str) -> dic
     if peak is None and device.startswith("cuda"):
         peak = flops.bf16_peak_tflops((gpu_info() or {}).get("name"))
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
-    runtime = {"onnxruntime": {"onnx_dir": args.onnx_dir} if args.onnx_dir else {},
+    runtime = {"onnxruntime": {**({"onnx_dir": args.onnx_dir} if args.onnx_dir else {}),
+                               **({"threads": args.threads} if args.threads else {})},
                "tensorrt": {"engine_dir": args.engine_dir} if args.engine_dir else {}}
     report = throughput.run(checkpoint, device, _grid(args, device), args.quick, names, args.budget_s, peak,
                             runtime, args.total_budget_s)

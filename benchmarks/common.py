@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("benchmarks/results")
 FALLBACK_PRESET = "small-f8c4"            # the bundled model's preset
 RANDOM_INIT_SEED = 0
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +28,21 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the small CPU set `make bench` runs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (JSON + PNG)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for torch, ONNX Runtime and the started services (default: the "
+                        "libraries' own, all usable cores); 1 avoids OpenMP stalls on an oversubscribed CPU")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Pin intra-op threads here and (via OMP_NUM_THREADS) in child processes such as the service."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    os.environ[OMP_THREADS_ENV] = str(threads)
 
 
 def int_list(text: str) -> tuple[int, ...]:

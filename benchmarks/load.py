@@ -153,11 +153,12 @@ async def sweep(url: str, ops: list[str], wl: Workload, levels: tuple[int, ...],
     return out
 
 
-def inprocess(checkpoint, kind: str, device: str, wl: Workload, batches: tuple[int, ...], repeats: int) -> list[dict]:
+def inprocess(checkpoint, kind: str, device: str, wl: Workload, batches: tuple[int, ...], repeats: int,
+              options: dict) -> list[dict]:
     """Images/s of the same backend called directly at each batch size (no HTTP, no queue)."""
     from dgae.backends.factory import create_backend  # noqa: PLC0415
 
-    backend = create_backend(kind, checkpoint, device=device, max_batch_size=max(batches))
+    backend = create_backend(kind, checkpoint, device=device, max_batch_size=max(batches), **options)
     sync = synchronizer(device)
     rows = []
     try:
@@ -196,7 +197,9 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
         levels_out = asyncio.run(sweep(args.url, ops, wl, levels, max_requests, seconds, DEFAULT_BATCH))
         report["configs"].append({"name": "external", "url": args.url, "levels": levels_out})
         return report
-    report["inprocess"] = inprocess(checkpoint, args.backend, device, wl, (1, args.batch_size), preset["repeats"])
+    options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
+    report["inprocess"] = inprocess(checkpoint, args.backend, device, wl, (1, args.batch_size), preset["repeats"],
+                                    options)
     for name, batch in (("batching", args.batch_size), ("max_batch_size=1", 1)):
         settings = {"DGAE_CHECKPOINT": str(checkpoint), "DGAE_BACKEND": args.backend, "DGAE_DEVICE": device,
                     "DGAE_MAX_BATCH_SIZE": batch, "DGAE_QUEUE_SIZE": QUEUE_HEADROOM * max(levels),
