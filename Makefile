@@ -42,12 +42,14 @@ eval: $(STAMP) data
 	$(PY) -m dgae eval --data $(DATA) --out weights/eval
 
 BENCH_OUT ?= benchmarks/results
+BENCH_ARGS ?=
 
-# CPU benchmark set (< 10 min): backends, HTTP load (starts the service twice), anchors; JSON + PNG
+# CPU benchmark set (< 10 min): backends, HTTP load (starts the service twice), anchors; JSON + PNG.
+# On a shared, oversubscribed CPU add BENCH_ARGS="--threads 1".
 bench: $(STAMP)
-	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT)
-	$(PY) -m dgae bench load --quick --out $(BENCH_OUT)
-	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT)
+	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m dgae bench load --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out
