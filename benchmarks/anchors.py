@@ -70,7 +70,7 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
 
 
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
-        precision: str) -> dict:
+        precision: str, clock: str = "wall") -> dict:
     from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
 
     torch.set_grad_enabled(False)
@@ -87,7 +87,7 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
         module = module.to(device=device, dtype=dtype).eval()
         params = sum(p.numel() for p in module.parameters())
         zd = z.to(device=device, dtype=dtype)
-        seconds = time_repeats(lambda m=module, x=zd: m(x), WARMUP, repeats, sync)
+        seconds = time_repeats(lambda m=module, x=zd: m(x), WARMUP, repeats, sync, clock=clock)
         rows.append(make_row(name, "anchor", batch, seconds, params, count_flops(module, zd[:1]), None))
         del module
     backend = TorchBackend.from_checkpoint(checkpoint, device=device, precision=precision)
@@ -97,13 +97,15 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
     pass_flops = decoder_pass_flops(config, size, size)
     dec_params = sum(p.numel() for p in backend.model.decoder.parameters())
     for k in steps:
-        seconds = time_repeats(lambda k=k: backend.decode(latents, steps=k, seeds=0), WARMUP, repeats, sync)
+        seconds = time_repeats(lambda k=k: backend.decode(latents, steps=k, seeds=0), WARMUP, repeats, sync,
+                               clock=clock)
         rows.append(make_row(f"dgae {k} step{'s' if k > 1 else ''}", "dgae", batch, seconds, dec_params,
                              pass_flops * denoiser_calls(config, k), k))
     sd_ms = next((r["ms_per_image"] for r in rows if r["label"] == "sd-vae"), None)
     for r in rows:
         r["cost_vs_sd_vae"] = r["ms_per_image"] / sd_ms if sd_ms else None
-    return {"benchmark": "anchors", "device": device, "precision": precision, "size": size, "batch": batch,
+    return {"benchmark": "anchors", "device": device, "precision": precision, "clock": clock, "size": size,
+            "batch": batch,
             "repeats": repeats, "preset": config.name, "sd_vae_config": SD_VAE_CONFIG, "rows": rows,
             "skipped": skipped}
 
@@ -126,7 +128,7 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
     if batch <= 0 or repeats <= 0:
         raise InputError("--batch and --repeats must be positive")
     precision = "bf16" if device.startswith("cuda") else "fp32"
-    return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision)
+    return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock)
 
 
 def results_table(report: dict) -> str:
@@ -134,6 +136,6 @@ def results_table(report: dict) -> str:
     rows = [[r["label"], f"{r['params'] / 1e6:.1f}M", fmt(r["gflops_per_image"], ".1f"), fmt(r["ms_per_image"], ".1f"),
              fmt(r["images_per_s"], ".2f"), fmt(r["cost_vs_sd_vae"], ".2f")] for r in report["rows"]]
     title = (f"decode {report['size']}px, batch {report['batch']}, {report['precision']}, "
-             f"DGAE preset {report['preset']}")
+             f"DGAE preset {report['preset']}, {report.get('clock', 'wall')} clock")
     skipped = [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
     return "\n".join([title, format_table(headers, rows), *skipped])

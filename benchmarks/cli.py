@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_list, default=None, help="decode steps, e.g. 1,2,4,8")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per case")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case")
+    add_clock_argument(p)
     p.add_argument("--budget-s", type=float, default=None,
                    help="per-backend time budget; cases not started in time are listed as cut")
     p.add_argument("--total-budget-s", type=float, default=None,
@@ -51,12 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick 2)")
     p.add_argument("--steps", type=int_list, default=None, help="DGAE step counts (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row")
+    add_clock_argument(p)
 
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
 
     p = sub.add_parser("markdown", help="print Markdown tables of the results JSON in a folder (README)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+
+
+def add_clock_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (CPU device only; with --threads 1 "
+                        "the cost on a dedicated core, robust to other load on a shared machine)")
+
+
+def check_clock(args: argparse.Namespace, device: str) -> None:
+    if getattr(args, "clock", "wall") == "cpu" and device.startswith("cuda"):
+        raise InputError("--clock cpu measures CPU work only; use --clock wall on CUDA")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(render_folder(args.out) or f"no results JSON in {args.out}")
         return 0
     device = resolve_device(args.device)
+    check_clock(args, device)
     apply_threads(args.threads)
     checkpoint = resolve_bench_checkpoint(args)
     wall, cpu = time.monotonic(), _cpu_seconds()
@@ -139,7 +153,7 @@ def run_backends(args: argparse.Namespace, checkpoint: Path, device: str) -> dic
                                **({"threads": args.threads} if args.threads else {})},
                "tensorrt": {"engine_dir": args.engine_dir} if args.engine_dir else {}}
     report = throughput.run(checkpoint, device, _grid(args, device), args.quick, names, args.budget_s, peak,
-                            runtime, args.total_budget_s)
+                            runtime, args.total_budget_s, args.clock)
     print(throughput.results_table(report))
     for line in throughput.skipped_lines(report):
         print(line)

@@ -5,17 +5,20 @@ one answers) until ``max_requests`` were sent or ``level_seconds`` passed; in-fl
 then awaited, so every level is bounded in requests and time. Per level: requests/s, p50/p95/p99
 latency, error counts by status, and the mean backend batch size (from /metrics).
 
-Without ``--url`` the benchmark starts the service itself twice on 127.0.0.1, once with dynamic
-batching (``DGAE_MAX_BATCH_SIZE=--batch-size``) and once with ``DGAE_MAX_BATCH_SIZE=1``, so the
-batching ratio comes from one run; before that it times the same backend in-process at both
-batch sizes (the HTTP + batching overhead is service ÷ in-process).
+Without ``--url`` the benchmark starts two services on 127.0.0.1, one with dynamic batching
+(``DGAE_MAX_BATCH_SIZE=--batch-size``) and one with ``DGAE_MAX_BATCH_SIZE=1``, and loads them in
+turn level by level, so the batching ratio comes from one interleaved run; before that it times
+the same backend in-process at both batch sizes (HTTP + batching overhead = service ÷ in-process).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -138,18 +141,24 @@ async def run_level(client: httpx.AsyncClient, op: str, wl: Workload, concurrenc
             "latency": latency_summary(latencies), "mean_batch_size": batches}
 
 
-async def sweep(url: str, ops: list[str], wl: Workload, levels: tuple[int, ...], max_requests: int,
-                seconds: float, warmup: int) -> list[dict]:
+async def sweep(urls: dict[str, str], warmups: dict[str, int], ops: list[str], wl: Workload,
+                levels: tuple[int, ...], max_requests: int, seconds: float) -> dict[str, list[dict]]:
+    """Every (op, level) on every service in turn - interleaved, so a load change on a shared
+    machine hits both configurations alike instead of biasing their ratio."""
     limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
-    out = []
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+    out: dict[str, list[dict]] = {name: [] for name in urls}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(
+            httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)) for name, url in urls.items()}
         for op in ops:
-            await run_level(client, op, wl, warmup, warmup, seconds)        # untimed warm-up
+            for name, client in clients.items():                           # untimed warm-up
+                await run_level(client, op, wl, warmups[name], warmups[name], seconds)
             for c in levels:
-                level = await run_level(client, op, wl, c, max_requests, seconds)
-                log.info("%s c=%d: %.2f req/s, p50 %.0f ms, %d errors", op, c, level["requests_per_s"],
-                         level["latency"]["p50_ms"], level["errors"])
-                out.append(level)
+                for name, client in clients.items():
+                    level = await run_level(client, op, wl, c, max_requests, seconds)
+                    log.info("%s %s c=%d: %.2f req/s, p50 %.0f ms, %d errors", name, op, c,
+                             level["requests_per_s"], level["latency"]["p50_ms"], level["errors"])
+                    out[name].append(level)
     return out
 
 
@@ -194,25 +203,44 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
               "ops": ops, "concurrency": list(levels), "level_seconds": seconds, "max_requests": max_requests,
               "decode_format": "png", "configs": []}
     if args.url:
-        levels_out = asyncio.run(sweep(args.url, ops, wl, levels, max_requests, seconds, DEFAULT_BATCH))
-        report["configs"].append({"name": "external", "url": args.url, "levels": levels_out})
+        levels_out = asyncio.run(sweep({"external": args.url}, {"external": DEFAULT_BATCH}, ops, wl, levels,
+                                       max_requests, seconds))
+        report["configs"].append({"name": "external", "url": args.url, "levels": levels_out["external"]})
         return report
     options = {"threads": args.threads} if args.threads and args.backend == "onnxruntime" else {}
     report["inprocess"] = inprocess(checkpoint, args.backend, device, wl, (1, args.batch_size), preset["repeats"],
                                     options)
-    for name, batch in (("batching", args.batch_size), ("max_batch_size=1", 1)):
-        settings = {"DGAE_CHECKPOINT": str(checkpoint), "DGAE_BACKEND": args.backend, "DGAE_DEVICE": device,
-                    "DGAE_MAX_BATCH_SIZE": batch, "DGAE_QUEUE_SIZE": QUEUE_HEADROOM * max(levels),
-                    "DGAE_MAX_ITEMS": 1, "DGAE_REQUEST_TIMEOUT_S": REQUEST_TIMEOUT_S}
-        if args.max_wait_ms is not None:
-            settings["DGAE_MAX_WAIT_MS"] = args.max_wait_ms
-        with ServiceProcess(settings) as url:
-            levels_out = asyncio.run(sweep(url, ops, wl, levels, max_requests, seconds,
-                                           batch * WARMUP_REQUESTS_PER_SLOT))
-        report["configs"].append({"name": name, "max_batch_size": batch, "levels": levels_out,
-                                  "settings": {k: str(v) for k, v in settings.items()}})
+    configs = {"batching": args.batch_size, "max_batch_size=1": 1}
+    settings = {name: service_settings(args, checkpoint, device, batch, max(levels)) for name, batch in configs.items()}
+    with contextlib.ExitStack() as stack, terminate_cleanly():
+        urls = {name: stack.enter_context(ServiceProcess(env)) for name, env in settings.items()}
+        levels_out = asyncio.run(sweep(urls, {n: b * WARMUP_REQUESTS_PER_SLOT for n, b in configs.items()}, ops, wl,
+                                       levels, max_requests, seconds))
+    for name, batch in configs.items():
+        report["configs"].append({"name": name, "max_batch_size": batch, "levels": levels_out[name],
+                                  "settings": {k: str(v) for k, v in settings[name].items()}})
     report["summary"] = summarize(report)
     return report
+
+
+def service_settings(args: argparse.Namespace, checkpoint, device: str, batch: int, clients: int) -> dict:
+    """The DGAE_* environment of one started service."""
+    env = {"DGAE_CHECKPOINT": str(checkpoint), "DGAE_BACKEND": args.backend, "DGAE_DEVICE": device,
+           "DGAE_MAX_BATCH_SIZE": batch, "DGAE_QUEUE_SIZE": QUEUE_HEADROOM * clients,
+           "DGAE_MAX_ITEMS": 1, "DGAE_REQUEST_TIMEOUT_S": REQUEST_TIMEOUT_S}
+    if args.max_wait_ms is not None:
+        env["DGAE_MAX_WAIT_MS"] = args.max_wait_ms
+    return env
+
+
+@contextlib.contextmanager
+def terminate_cleanly():
+    """SIGTERM -> SystemExit, so the started services are stopped (context exits run) on kill."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _level(cfg: dict, op: str, c: int) -> dict | None:

@@ -18,18 +18,22 @@ def _machine_line(report: dict) -> str:
     weights = "trained" if ckpt.get("trained") else "random-init (speed does not depend on weights)"
     run = report.get("run", {})
     timing = f"; run took {run['wall_s']:.0f} s wall / {run['cpu_s']:.0f} s CPU" if run else ""
+    if run.get("threads"):
+        timing += f"; {run['threads']} intra-op thread(s)"
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if k in ("torch", "onnxruntime", "diffusers"))
     return (f"*Machine: {m['summary']}; {libs}; commit `{(m['git'].get('commit') or '?')[:10]}`; "
             f"preset `{ckpt.get('preset')}`, {weights}, sha256 `{(ckpt.get('sha256') or '?')[:12]}`{timing}.*")
 
 
 def backends_md(report: dict) -> str:
+    unit = "CPU ms" if report.get("clock") == "cpu" else "ms"
     rows = [[r["backend"], r["op"], str(r["size"]), str(r["batch"]), str(r["steps"] or "-"),
              fmt(r["latency"]["p50_ms"], ".1f"), fmt(r["latency"]["p99_ms"], ".1f"), fmt(r["images_per_s"], ".2f"),
              fmt(r["ratio_vs_eager"], ".2f")] for r in report["rows"]]
     skipped = [f"- `{name}` skipped: {b['skipped']}" for name, b in report["backends"].items() if "skipped" in b]
     return "\n".join([_machine_line(report), "",
-                      _table(["backend", "op", "px", "batch", "steps", "p50 ms", "p99 ms", "img/s", "× eager"], rows),
+                      _table(["backend", "op", "px", "batch", "steps", f"p50 {unit}", f"p99 {unit}", "img/s",
+                              "× eager"], rows),
                       "", *skipped])
 
 
@@ -59,7 +63,8 @@ def anchors_md(report: dict) -> str:
     rows = [[r["label"], f"{r['params'] / 1e6:.1f}M", fmt(r["gflops_per_image"], ".1f"), fmt(r["ms_per_image"], ".1f"),
              fmt(r["images_per_s"], ".2f"), fmt(r["cost_vs_sd_vae"], ".2f")] for r in report["rows"]]
     return "\n".join([_machine_line(report), "",
-                      f"Decode of {report['size']} px images, batch {report['batch']}, {report['precision']}; "
+                      f"Decode of {report['size']} px images, batch {report['batch']}, {report['precision']}, "
+                      f"{report.get('clock', 'wall')} clock; "
                       f"DGAE preset `{report['preset']}`.", "",
                       _table(["decoder", "params", "GFLOP / image", "ms / image", "img/s", "cost ÷ SD-VAE"], rows)])
 

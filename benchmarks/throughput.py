@@ -146,7 +146,7 @@ def make_backend(spec: BackendSpec, checkpoint: Path, device: str, max_batch: in
 
 def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, inputs: dict,
                 budget_s: float | None, pass_flops: dict, peak_tflops: float | None,
-                runtime_options: dict) -> dict:
+                runtime_options: dict, clock: str = "wall") -> dict:
     """Measure every grid case on one backend; {'rows': [...]} or {'skipped': reason}."""
     started = time.monotonic()
     with environment(spec.env):
@@ -169,7 +169,8 @@ def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, in
                     fn = lambda b=batch, z=latents, s=steps: backend.decode(  # noqa: E731
                         z[:b], steps=s, seeds=DECODE_SEED)
                 log.info("%s %s %dpx batch %d steps %s", spec.name, op, size, batch, steps or "-")
-                seconds = time_repeats(fn, grid.warmup, grid.repeats, sync, grid.min_seconds, grid.max_repeats)
+                seconds = time_repeats(fn, grid.warmup, grid.repeats, sync, grid.min_seconds, grid.max_repeats,
+                                       clock)
                 rows.append(make_row(spec.name, op, size, batch, steps, seconds, backend.config,
                                      pass_flops, peak_tflops))
         except Exception as exc:  # noqa: BLE001 - one failing runtime must not hide the others
@@ -219,7 +220,7 @@ def prepare_inputs(checkpoint: Path, grid: Grid) -> tuple[dict, str]:
 
 def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str] | None,
         budget_s: float | None, peak_tflops: float | None, runtime_options: dict | None = None,
-        total_budget_s: float | None = None) -> dict:
+        total_budget_s: float | None = None, clock: str = "wall") -> dict:
     """Benchmark every selected backend. ``budget_s`` bounds each backend, ``total_budget_s`` the
     whole run (a backend not started in time is skipped with that reason)."""
     from dgae.checkpoint import read_config  # noqa: PLC0415
@@ -237,13 +238,13 @@ def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str]
             reason = f"total time budget ({total_budget_s:.0f} s) spent before it could start"
         budget = left if budget_s is None else (budget_s if left is None else min(budget_s, left))
         result = {"skipped": reason} if reason else run_backend(
-            spec, checkpoint, device, grid, inputs, budget, pass_flops, peak_tflops, runtime_options or {})
+            spec, checkpoint, device, grid, inputs, budget, pass_flops, peak_tflops, runtime_options or {}, clock)
         if "skipped" in result:
             log.info("skipped %s: %s", spec.name, result["skipped"])
         rows.extend(result.pop("rows", []))
         backends[spec.name] = {"spec": asdict(spec), **result}
     add_ratios(rows)
-    return {"benchmark": "backends", "device": device, "quick": quick, "grid": asdict(grid),
+    return {"benchmark": "backends", "device": device, "quick": quick, "clock": clock, "grid": asdict(grid),
             "input_source": source, "decoder_pass_gflops": {str(s): f / 1e9 for s, f in pass_flops.items()},
             "bf16_peak_tflops": peak_tflops, "baseline": BASELINE, "backends": backends, "rows": rows}
 
@@ -251,7 +252,8 @@ def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str]
 # ----------------------------------------------------------------------------- output
 def results_table(report: dict) -> str:
     gpu = any(r.get("peak_fraction") is not None for r in report["rows"])
-    headers = ["backend", "op", "px", "batch", "steps", "p50 ms", "p99 ms", "img/s", "x eager", "TFLOP/s"]
+    unit = "cpu ms" if report.get("clock") == "cpu" else "ms"
+    headers = ["backend", "op", "px", "batch", "steps", f"p50 {unit}", f"p99 {unit}", "img/s", "x eager", "TFLOP/s"]
     headers += ["% bf16 peak"] if gpu else []
     body = []
     for r in report["rows"]:

@@ -78,19 +78,36 @@ def test_budget_cuts_cases_instead_of_running_them(tiny_checkpoint):
     assert len(report["backends"][throughput.BASELINE]["cut_by_budget"]) == len(TINY_GRID.cases())
 
 
-def test_cli_writes_json_with_machine_and_plot(tiny_checkpoint, tmp_path, capsys):
+@pytest.fixture()
+def restore_threads():
+    """--threads changes process-wide state (torch threads, OMP_NUM_THREADS): put it back."""
+    import os
+
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+def test_cli_writes_json_with_machine_and_plot(tiny_checkpoint, tmp_path, capsys, restore_threads):
     rc = cli.main(["bench", "backends", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--quick",
                    "--sizes", "32", "--batches", "1", "--steps", "1", "--repeats", "1", "--warmup", "0",
-                   "--backends", "torch-eager-fp32", "--out", str(tmp_path)])
+                   "--backends", "torch-eager-fp32", "--threads", "1", "--clock", "cpu", "--out", str(tmp_path)])
     assert rc == 0
     report = json.loads((tmp_path / "backends-cpu.json").read_text())
+    assert report["clock"] == "cpu" and report["run"]["threads"] == 1
     machine = report["machine"]
     assert machine["cpu"]["usable_cores"] >= 1 and machine["libraries"]["torch"]
     assert machine["checkpoint"]["preset"] == "tiny" and len(machine["checkpoint"]["sha256"]) == 64
     assert report["input_source"] in ("photos", "noise")
     assert (tmp_path / "backends-cpu.png").stat().st_size > 0
     out = capsys.readouterr().out
-    assert "x eager" in out and "machine:" in out
+    assert "x eager" in out and "p50 cpu ms" in out and "machine:" in out
     assert report["run"]["wall_s"] > 0 and report["run"]["cpu_s"] > 0
     assert cli.main(["bench", "markdown", "--out", str(tmp_path)]) == 0
     md = capsys.readouterr().out
