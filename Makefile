@@ -43,13 +43,14 @@ eval: $(STAMP) data
 
 BENCH_OUT ?= benchmarks/results
 BENCH_ARGS ?=
+BENCH_CLOCK ?= wall
 
-# CPU benchmark set (< 10 min): backends, HTTP load (starts the service twice), anchors; JSON + PNG.
-# On a shared, oversubscribed CPU add BENCH_ARGS="--threads 1".
+# CPU benchmark set (< 10 min): backends, HTTP load (two services), anchors; JSON + PNG plots.
+# On a shared, oversubscribed CPU: make bench BENCH_ARGS="--threads 1" BENCH_CLOCK=cpu
 bench: $(STAMP)
-	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
 	$(PY) -m dgae bench load --quick --out $(BENCH_OUT) $(BENCH_ARGS)
-	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out
