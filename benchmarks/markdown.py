@@ -60,13 +60,14 @@ def load_md(report: dict) -> str:
 
 
 def anchors_md(report: dict) -> str:
+    unit = "CPU ms" if report.get("clock") == "cpu" else "ms"
     rows = [[r["label"], f"{r['params'] / 1e6:.1f}M", fmt(r["gflops_per_image"], ".1f"), fmt(r["ms_per_image"], ".1f"),
              fmt(r["images_per_s"], ".2f"), fmt(r["cost_vs_sd_vae"], ".2f")] for r in report["rows"]]
     return "\n".join([_machine_line(report), "",
                       f"Decode of {report['size']} px images, batch {report['batch']}, {report['precision']}, "
                       f"{report.get('clock', 'wall')} clock; "
                       f"DGAE preset `{report['preset']}`.", "",
-                      _table(["decoder", "params", "GFLOP / image", "ms / image", "img/s", "cost ÷ SD-VAE"], rows)])
+                      _table(["decoder", "params", "GFLOP / image", f"{unit} / image", "img/s", "cost ÷ SD-VAE"], rows)])
 
 
 RENDERERS = {"backends": backends_md, "load": load_md, "anchors": anchors_md}
