@@ -48,8 +48,16 @@ model-card: $(STAMP)
 	$(PY) -m dgae.model_card --run runs/default --eval weights/eval --data $(DATA) \
 		--checkpoint weights/dgae-small-f8c4.safetensors --out weights/MODEL_CARD.md
 
+BENCH_OUT ?= benchmarks/results
+BENCH_ARGS ?=
+BENCH_CLOCK ?= wall
+
+# CPU benchmark set (< 10 min): backends, HTTP load (two services), anchors; JSON + PNG plots.
+# On a shared, oversubscribed CPU: make bench BENCH_ARGS="--threads 1" BENCH_CLOCK=cpu
 bench: $(STAMP)
-	$(PY) -m dgae bench backends --quick --out benchmarks/results
+	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
+	$(PY) -m dgae bench load --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

@@ -1,0 +1,141 @@
+"""`dgae bench anchors`: what a diffusion decoder costs next to the one-pass VAE decoders users
+would pick instead, on the same machine, resolution, batch and precision.
+
+Anchors (random init: weights do not change speed), built with diffusers:
+- ``sd-vae``: ``AutoencoderKL`` with the SD-VAE architecture (block_out_channels 128/256/512/512,
+  2 layers per block, 4 latent channels, f=8); decode = post_quant_conv + decoder.
+- ``taesd``: ``AutoencoderTiny`` with its default (TAESD) configuration, f=8, 4 latent channels.
+DGAE rows: the checkpoint's torch backend decode at each step count (Euler: one U-Net pass per
+step). Every row also carries its counted FLOPs per image (meta device, no compute).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from dgae.errors import InputError
+
+from .flops import decoder_pass_flops, denoiser_calls
+from .inputs import image_batch
+from .report import MS_PER_S, fmt, format_table, latency_summary, synchronizer, time_repeats
+
+log = logging.getLogger(__name__)
+
+SD_VAE_CONFIG = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "latent_channels": 4,
+                 "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+                 "norm_num_groups": 32, "sample_size": 512}
+ANCHOR_FACTOR = 8                  # both anchors decode f=8, c=4 latents
+ANCHOR_CHANNELS = 4
+ANCHOR_SEED = 0
+STEPS = (1, 2, 4, 8)
+QUICK = {"size": 128, "batch": 2, "repeats": 2}
+FULL = {"size": 256, "batch": 8, "repeats": 5}
+WARMUP = 1
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GIGA = 1e9
+
+
+def build_anchors() -> dict[str, torch.nn.Module]:
+    """name -> module whose forward(z) is the anchor's full decode. Raises ImportError without diffusers."""
+    from diffusers import AutoencoderKL, AutoencoderTiny  # noqa: PLC0415
+
+    class Decode(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(z).sample
+
+    torch.manual_seed(ANCHOR_SEED)
+    sd = AutoencoderKL(**SD_VAE_CONFIG)
+    sd.encoder = None                   # decode-only: drop the encoder's memory
+    tiny = AutoencoderTiny()
+    tiny.encoder = None
+    return {"sd-vae": Decode(sd), "taesd": Decode(tiny)}
+
+
+def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            module(z)
+        return float(counter.get_total_flops())
+    except RuntimeError as exc:
+        log.warning("could not count FLOPs: %s", exc)
+        return None
+
+
+def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
+        precision: str, clock: str = "wall") -> dict:
+    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+
+    torch.set_grad_enabled(False)
+    sync, dtype = synchronizer(device), PRECISIONS[precision]
+    rows, skipped = [], {}
+    gen = torch.Generator().manual_seed(ANCHOR_SEED)
+    z = torch.randn(batch, ANCHOR_CHANNELS, size // ANCHOR_FACTOR, size // ANCHOR_FACTOR, generator=gen)
+    try:
+        anchors = build_anchors()
+    except ImportError as exc:
+        anchors = {}
+        skipped["sd-vae"] = skipped["taesd"] = f"diffusers not installed ({exc}); pip install diffusers"
+    for name, module in anchors.items():
+        module = module.to(device=device, dtype=dtype).eval()
+        params = sum(p.numel() for p in module.parameters())
+        zd = z.to(device=device, dtype=dtype)
+        seconds = time_repeats(lambda m=module, x=zd: m(x), WARMUP, repeats, sync, clock=clock)
+        rows.append(make_row(name, "anchor", batch, seconds, params, count_flops(module, zd[:1]), None))
+        del module
+    backend = TorchBackend.from_checkpoint(checkpoint, device=device, precision=precision)
+    images, _ = image_batch(batch, size)
+    latents = backend.encode(images)
+    config = backend.config
+    pass_flops = decoder_pass_flops(config, size, size)
+    dec_params = sum(p.numel() for p in backend.model.decoder.parameters())
+    for k in steps:
+        seconds = time_repeats(lambda k=k: backend.decode(latents, steps=k, seeds=0), WARMUP, repeats, sync,
+                               clock=clock)
+        rows.append(make_row(f"dgae {k} step{'s' if k > 1 else ''}", "dgae", batch, seconds, dec_params,
+                             pass_flops * denoiser_calls(config, k), k))
+    sd_ms = next((r["ms_per_image"] for r in rows if r["label"] == "sd-vae"), None)
+    for r in rows:
+        r["cost_vs_sd_vae"] = r["ms_per_image"] / sd_ms if sd_ms else None
+    return {"benchmark": "anchors", "device": device, "precision": precision, "clock": clock, "size": size,
+            "batch": batch,
+            "repeats": repeats, "preset": config.name, "sd_vae_config": SD_VAE_CONFIG, "rows": rows,
+            "skipped": skipped}
+
+
+def make_row(label: str, kind: str, batch: int, seconds: list[float], params: int, flops_per_image: float | None,
+             steps: int | None) -> dict:
+    lat = latency_summary(seconds)
+    return {"label": label, "kind": kind, "steps": steps, "params": params, "latency": lat,
+            "ms_per_image": lat["p50_ms"] / batch, "images_per_s": batch * MS_PER_S / lat["p50_ms"],
+            "gflops_per_image": None if flops_per_image is None else flops_per_image / GIGA}
+
+
+def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
+    preset = QUICK if args.quick else FULL
+    size = args.size or preset["size"]
+    batch = args.batch or preset["batch"]
+    repeats = args.repeats or preset["repeats"]
+    if size % ANCHOR_FACTOR or size <= 0:
+        raise InputError(f"--size must be a positive multiple of {ANCHOR_FACTOR}, got {size}")
+    if batch <= 0 or repeats <= 0:
+        raise InputError("--batch and --repeats must be positive")
+    precision = "bf16" if device.startswith("cuda") else "fp32"
+    return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock)
+
+
+def results_table(report: dict) -> str:
+    headers = ["decoder", "params", "GFLOP/img", "ms/img", "img/s", "x sd-vae cost"]
+    rows = [[r["label"], f"{r['params'] / 1e6:.1f}M", fmt(r["gflops_per_image"], ".1f"), fmt(r["ms_per_image"], ".1f"),
+             fmt(r["images_per_s"], ".2f"), fmt(r["cost_vs_sd_vae"], ".2f")] for r in report["rows"]]
+    title = (f"decode {report['size']}px, batch {report['batch']}, {report['precision']}, "
+             f"DGAE preset {report['preset']}, {report.get('clock', 'wall')} clock")
+    skipped = [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
+    return "\n".join([title, format_table(headers, rows), *skipped])

@@ -1,0 +1,49 @@
+"""FLOPs of one decoder (denoiser) pass, counted by torch's FlopCounterMode on the meta device (no
+memory, no compute), and the dense bf16 tensor-core peak of known GPUs: the physical ceiling a
+decode could reach. Achieved fraction = counted FLOPs / measured time / peak."""
+from __future__ import annotations
+
+import torch
+
+from dgae.config import IMAGE_CHANNELS, DGAEConfig
+
+TERA = 1e12
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA datasheets, TFLOP/s. Matched as
+# substrings of torch.cuda.get_device_name(), most specific first.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+    ("B200", 2250.0), ("A100", 312.0), ("A10G", 70.0), ("A10", 125.0), ("L40S", 362.0),
+    ("L40", 181.0), ("L4", 121.0), ("A6000", 154.8), ("V100", 0.0), ("T4", 0.0),
+)
+
+
+def bf16_peak_tflops(gpu_name: str | None) -> float | None:
+    """The card's dense bf16 peak, None when unknown or the card has no bf16 tensor cores."""
+    if not gpu_name:
+        return None
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in gpu_name:
+            return peak or None
+    return None
+
+
+def decoder_pass_flops(config: DGAEConfig, height: int, width: int, batch: int = 1) -> float:
+    """FLOPs (2 per multiply-add) of one ``Decoder.forward_buffer`` at the U-Net input size."""
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    from dgae.decoder import Decoder  # noqa: PLC0415
+
+    multiple = config.decoder_multiple
+    h, w = -(-height // multiple) * multiple, -(-width // multiple) * multiple  # padded like decode
+    with torch.device("meta"):
+        decoder = Decoder(config)
+        buf = torch.empty(batch, IMAGE_CHANNELS + config.latent_channels, h, w)
+        t = torch.empty(batch)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        decoder.forward_buffer(buf, t)
+    return float(counter.get_total_flops())
+
+
+def denoiser_calls(config: DGAEConfig, steps: int) -> int:
+    """Decoder passes in one decode: Euler = steps, Heun = 2 * steps - 1 (no corrector at t=0)."""
+    return steps if config.sampler.solver == "euler" else 2 * steps - 1
