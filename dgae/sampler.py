@@ -113,10 +113,14 @@ def make_buffer(noise: torch.Tensor, cond_up: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_sampler(denoise: Denoiser, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
-    """Integrate buf's image channels from t=1 to t=0 in place; returns buf[:, :3] (a view)."""
+def run_sampler(denoise: Denoiser, buf: torch.Tensor, plan: SamplePlan,
+                t_table: torch.Tensor | None = None) -> torch.Tensor:
+    """Integrate buf's image channels from t=1 to t=0 in place; returns buf[:, :3] (a view).
+    ``t_table`` (plan.ts on buf's device) may be passed in, e.g. to keep host copies out of a
+    CUDA-graph capture."""
     b = buf.shape[0]
-    t_table = torch.tensor(plan.ts, dtype=torch.float32, device=buf.device)  # built once per decode
+    if t_table is None:
+        t_table = torch.tensor(plan.ts, dtype=torch.float32, device=buf.device)  # built once per decode
     n = plan.steps
     for i in range(n):
         t_cur, t_next = plan.ts[i], plan.ts[i + 1]

@@ -112,7 +112,8 @@ def create_backend(kind: str, checkpoint: str | os.PathLike | None, device: str 
 
         return TorchBackend.from_checkpoint(resolve_checkpoint(checkpoint), device=device, precision=precision,
                                             compile=bool(options.get("compile", False)),
-                                            max_batch_size=max_batch_size)
+                                            max_batch_size=max_batch_size,
+                                            cuda_graph=bool(options.get("cuda_graph", False)))
     if kind == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend  # noqa: PLC0415
 

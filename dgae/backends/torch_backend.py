@@ -20,7 +20,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 class TorchBackend(Backend):
     def __init__(self, model: DGAE, device: str = "cpu", precision: str = "fp32",
-                 compile: bool = False, checkpoint_sha256: str = "", max_batch_size: int = 0):
+                 compile: bool = False, checkpoint_sha256: str = "", max_batch_size: int = 0,
+                 cuda_graph: bool = False):
         if precision not in PRECISIONS:
             raise BackendError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -37,12 +38,17 @@ class TorchBackend(Backend):
             self._denoise = torch.compile(self._denoise, dynamic=True)
             self._encoder = torch.compile(self._encoder, dynamic=True)
         self.compiled = compile
+        self._graphed = None
+        if cuda_graph:
+            from .cuda_graph import GraphedSampler  # noqa: PLC0415
+
+            self._graphed = GraphedSampler(self._denoise, self.device)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu", precision: str = "fp32", compile: bool = False,
-                        max_batch_size: int = 0) -> "TorchBackend":
+                        max_batch_size: int = 0, cuda_graph: bool = False) -> "TorchBackend":
         model = load_checkpoint(path, device="cpu")
-        return cls(model, device, precision, compile, file_sha256(path), max_batch_size)
+        return cls(model, device, precision, compile, file_sha256(path), max_batch_size, cuda_graph)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, mode: str = "mean",
@@ -60,6 +66,8 @@ class TorchBackend(Backend):
         plan = SamplePlan.build(self.config.sampler, steps)
         buf, (h, w) = self.model.prepare_buffer(latents.to(self.device, self.dtype),
                                                 resolve_seeds(seeds, len(latents)))
+        if self._graphed is not None:
+            return self._graphed(buf, plan)[..., :h, :w].float().cpu()
         return run_sampler(self._denoise, buf, plan)[..., :h, :w].float().cpu()
 
     def info(self) -> BackendInfo:
