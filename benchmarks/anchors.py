@@ -69,11 +69,11 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
         return None
 
 
+@torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
         precision: str, clock: str = "wall") -> dict:
     from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
 
-    torch.set_grad_enabled(False)
     sync, dtype = synchronizer(device), PRECISIONS[precision]
     rows, skipped = [], {}
     gen = torch.Generator().manual_seed(ANCHOR_SEED)

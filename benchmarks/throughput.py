@@ -218,6 +218,7 @@ def prepare_inputs(checkpoint: Path, grid: Grid) -> tuple[dict, str]:
     return out, source
 
 
+@torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str] | None,
         budget_s: float | None, peak_tflops: float | None, runtime_options: dict | None = None,
         total_budget_s: float | None = None, clock: str = "wall") -> dict:
@@ -226,7 +227,6 @@ def run(checkpoint: Path, device: str, grid: Grid, quick: bool, names: list[str]
     from dgae.checkpoint import read_config  # noqa: PLC0415
 
     config = read_config(checkpoint)
-    torch.set_grad_enabled(False)
     inputs, source = prepare_inputs(checkpoint, grid)
     pass_flops = {s: flops.decoder_pass_flops(config, s, s) for s in grid.sizes}
     backends, rows = {}, []
