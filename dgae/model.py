@@ -11,10 +11,10 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 
-from .config import IMAGE_CHANNELS, DGAEConfig
+from . import checks
+from .config import DGAEConfig
 from .decoder import Decoder
 from .encoder import Encoder
-from .errors import InputError
 from .sampler import SamplePlan, per_sample_noise, prepare_decode_buffer, resolve_seeds, run_sampler
 
 EncodeMode = Literal["mean", "sample"]
@@ -29,18 +29,14 @@ class DGAE(nn.Module):
 
     # --- latent scaling --------------------------------------------------------------------
     def to_public(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.config.latent_shift) * self.config.latent_scale
+        return checks.to_public(self.config, z)
 
     def from_public(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents / self.config.latent_scale + self.config.latent_shift
+        return checks.from_public(self.config, latents)
 
     # --- encode ----------------------------------------------------------------------------
     def check_images(self, images: torch.Tensor) -> None:
-        f = self.config.downsample_factor
-        if images.dim() != 4 or images.shape[1] != IMAGE_CHANNELS:
-            raise InputError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
-        if images.shape[-2] % f or images.shape[-1] % f:
-            raise InputError(f"image size {tuple(images.shape[-2:])} is not a multiple of f={f}")
+        checks.check_images(self.config, images)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, mode: EncodeMode = "mean",
@@ -48,24 +44,19 @@ class DGAE(nn.Module):
         """images [N, 3, H, W] in [-1, 1] -> public latents [N, c, H/f, W/f]. ``sample`` draws the
         reparameterisation noise per item from ``seeds`` (see :func:`resolve_seeds`)."""
         self.check_images(images)
+        checks.check_mode(mode)
         mean, logvar = self.encoder(images)
         if mode == "mean":
             z = mean
-        elif mode == "sample":
+        else:  # "sample"
             noise = per_sample_noise(resolve_seeds(seeds, len(images)), tuple(mean.shape[1:]),
                                      device=mean.device, dtype=mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * noise
-        else:
-            raise InputError(f"mode must be 'mean' or 'sample', got {mode!r}")
         return self.to_public(z)
 
     # --- decode ----------------------------------------------------------------------------
     def check_latents(self, latents: torch.Tensor) -> None:
-        c = self.config.latent_channels
-        if latents.dim() != 4 or latents.shape[1] != c:
-            raise InputError(f"latents must be [N, {c}, h, w], got {tuple(latents.shape)}")
-        if not torch.isfinite(latents).all():
-            raise InputError("latents contain NaN or infinite values")
+        checks.check_latents(self.config, latents)
 
     def prepare_buffer(self, latents: torch.Tensor, seeds: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         """U-Net input [N, 3 + c, H', W'] (padded to the U-Net's multiple) and the output size (H, W)."""

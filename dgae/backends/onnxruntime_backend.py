@@ -27,7 +27,7 @@ from export import manifest as mf
 from ..config import IMAGE_CHANNELS
 from ..errors import BackendError
 from ..sampler import SamplePlan, per_sample_noise, prepare_decode_buffer, resolve_seeds, run_sampler
-from ._inputs import check_images, check_latents, check_mode, from_public, to_public
+from ..checks import check_images, check_latents, check_mode, from_public, to_public
 from .base import Backend, BackendInfo
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
-"""Input checks shared by the runtime backends that have no torch model to call (ONNX Runtime,
-TensorRT); the same rules and messages as :meth:`DGAE.check_images` / :meth:`DGAE.check_latents`."""
+"""Input checks and latent scaling shared by the torch model and the runtime backends that have no
+torch model to call (ONNX Runtime, TensorRT), so every backend applies the same rules and messages."""
 from __future__ import annotations
 
 import torch
 
-from ..config import IMAGE_CHANNELS, DGAEConfig
-from ..errors import InputError
+from .config import IMAGE_CHANNELS, DGAEConfig
+from .errors import InputError
 
 
 def check_images(config: DGAEConfig, images: torch.Tensor) -> None:
@@ -30,10 +30,10 @@ def check_mode(mode: str) -> None:
 
 
 def to_public(config: DGAEConfig, z: torch.Tensor) -> torch.Tensor:
-    """Same arithmetic as :meth:`DGAE.to_public`."""
+    """Raw posterior latents -> public latents: (z - latent_shift) * latent_scale."""
     return (z - config.latent_shift) * config.latent_scale
 
 
 def from_public(config: DGAEConfig, latents: torch.Tensor) -> torch.Tensor:
-    """Same arithmetic as :meth:`DGAE.from_public`."""
+    """Public latents -> raw latents (the inverse of :func:`to_public`)."""
     return latents / config.latent_scale + config.latent_shift
