@@ -4,6 +4,10 @@
 tensors and the reference elsewhere; ``triton`` also runs Triton on CPU tensors, which only works
 under ``TRITON_INTERPRET=1`` (how CI tests the kernels). The variable is read on every call, so
 tests and benchmarks can flip it without re-importing.
+
+The Triton kernels are forward-only (no backward). Whenever autograd would record a graph through
+a call (grad mode on and any input requiring grad, e.g. training), the reference runs instead,
+in every mode, so gradients are always correct.
 """
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ def kernel_mode() -> str:
     return mode
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """True when the Triton kernel should handle tensor ``t``."""
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """True when autograd would record a graph through an op on ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def use_triton(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """True when the Triton kernel should handle ``t`` (and the op's other inputs ``others``)."""
     mode = kernel_mode()
-    if mode == "reference":
+    if mode == "reference" or needs_autograd(t, *others):
         return False
     if mode == "triton":
         return t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"

@@ -27,7 +27,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The Triton path takes fp32/fp16/bf16 q/k/v of one dtype with any strides and D a power of
     two in [16, 128] (ValueError otherwise); k/v may have a different token count than q.
     """
-    if use_triton(q):
+    if use_triton(q, k, v):
         from ._attention_triton import flash_attention_triton  # noqa: PLC0415 (needs triton)
 
         return flash_attention_triton(q, k, v, scale)

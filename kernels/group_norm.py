@@ -27,7 +27,7 @@ def group_norm_silu_reference(x, weight, bias, num_groups: int, eps: float,
 def group_norm_silu(x, weight, bias, num_groups: int, eps: float,
                     scale=None, shift=None, silu: bool = True) -> torch.Tensor:
     """GroupNorm, then optional AdaGN ``(1 + scale) * h + shift``, then optional SiLU, in one pass."""
-    if use_triton(x):
+    if use_triton(x, weight, bias, scale, shift):
         from ._group_norm_triton import group_norm_silu_triton  # noqa: PLC0415
 
         return group_norm_silu_triton(x, weight, bias, num_groups, eps, scale, shift, silu)

@@ -35,7 +35,7 @@ def euler_step_reference(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: b
 def euler_step(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: bool = False,
                v_prev: torch.Tensor | None = None) -> torch.Tensor:
     """Update ``buf[:, :3]`` in place (Euler, or Heun's corrector when ``v_prev`` is given); returns buf."""
-    if use_triton(buf):
+    if use_triton(buf, v, v_prev):
         from ._sampler_step_triton import euler_step_triton  # noqa: PLC0415
 
         return euler_step_triton(buf, v, dt, clamp, v_prev)
