@@ -7,6 +7,11 @@ count open: they are fields here with the defaults documented below.
 
 ``cpu-default`` is how the bundled ``small-f8c4`` model was trained on a 2-core CPU in a few
 hours: small crops, small batches, a shorter warm-up and a larger lr for the short run.
+
+``gpu-default`` continues that model on one GPU for minutes (``--init`` the bundled weights): the
+same preset, loss weights and t sampling as that run (eta 0.05, half the samples at t = 1)
+with 128 px crops, batch 128, many loader workers and bf16; set
+``--max-steps`` from a throughput probe (``scripts/gpu_train_default.sh`` does).
 """
 from __future__ import annotations
 
@@ -81,6 +86,10 @@ RECIPES = {
         preset="small-f8c4", crop_size=64, max_side=512, batch_size=8, workers=1, max_steps=4500,
         lr=3e-4, lr_min=3e-5, warmup_steps=200, ema_decay=0.999, eta=0.2, lpips_net="alex",
         t_sampling="uniform", t_one_prob=0.2, log_every=10, ckpt_every=200, sample_every=500),
+    "gpu-default": TrainConfig(
+        preset="small-f8c4", crop_size=128, max_side=512, batch_size=128, workers=12, max_steps=8000,
+        lr=5e-4, lr_min=1e-5, warmup_steps=200, ema_decay=0.9995, eta=0.05, lpips_net="alex",
+        t_sampling="uniform", t_one_prob=0.5, log_every=20, ckpt_every=2000, sample_every=4000),
     "tiny": TrainConfig(
         preset="tiny", crop_size=32, max_side=128, batch_size=2, workers=0, max_steps=20,
         lr=1e-3, lr_min=1e-4, warmup_steps=5, ema_decay=0.9, eta=0.1, lpips_net="alex",
