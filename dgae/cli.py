@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_module=module)
         try:
             importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as exc:
-            if not module.startswith(exc.name or "\0"):
-                raise
-            p.set_defaults(_missing=f"'dgae {name}' is not available in this build ({exc.name} missing)")
+        except ModuleNotFoundError as exc:  # an optional dependency (e.g. the [serve] extra) is absent:
+            # only this subcommand is unavailable; the others (train, eval, ...) still work
+            p.set_defaults(_missing=f"'dgae {name}' is not available: Python module {exc.name!r} is not "
+                                    f"installed (see pyproject.toml's optional dependencies)")
     return parser
 
 

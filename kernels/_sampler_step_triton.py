@@ -18,7 +18,9 @@ from ._triton_common import check_same_device
 IMAGE_CHANNELS = 3
 BLOCK = 1024        # elements per program (power of two)
 NUM_WARPS = 4
-CLAMP_MIN, CLAMP_MAX = -1.0, 1.0
+# read inside the kernel: compiled Triton only accepts globals that are tl.constexpr (the
+# interpreter accepts plain floats, so only a GPU run caught this)
+CLAMP_MIN, CLAMP_MAX = tl.constexpr(-1.0), tl.constexpr(1.0)
 
 
 @triton.jit

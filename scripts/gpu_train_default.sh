@@ -7,7 +7,8 @@
 #
 # usage: scripts/gpu_train_default.sh DATA RUN_DIR MINUTES
 # env: PYTHON (python3), RECIPE (gpu-default), INIT (the bundled weights), PROBE_STEPS (60),
-#      STARTUP_S (seconds of the budget kept for start-up and saving, 30), DEVICE (cuda)
+#      STARTUP_S (seconds of the budget kept for start-up and saving, 30), DEVICE (cuda),
+#      TRAIN_ARGS (extra `dgae train` flags for both runs, e.g. "--bf16 false --workers 4")
 set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 DATA RUN_DIR MINUTES" >&2; exit 2; }
 DATA=$1 RUN=$2 MINUTES=$3
@@ -17,12 +18,13 @@ INIT=${INIT:-weights/dgae-small-f8c4.safetensors}
 PROBE_STEPS=${PROBE_STEPS:-60}
 STARTUP_S=${STARTUP_S:-30}
 DEVICE=${DEVICE:-cuda}
+read -r -a EXTRA <<< "${TRAIN_ARGS:-}"
 NO_SAMPLES=1000000000  # probe: no checkpoints or sample grids inside the probe
 
 mkdir -p "$RUN"
 if [ ! -f "$RUN/state.safetensors" ]; then  # a resumed run keeps the max_steps it was sized with
   "$PYTHON" -m dgae train --recipe "$RECIPE" --data "$DATA" --out "$RUN/probe" --init "$INIT" --device "$DEVICE" \
-    --max-steps "$PROBE_STEPS" --warmup-steps "$NO_SAMPLES" --ckpt-every "$NO_SAMPLES" --sample-every "$NO_SAMPLES"
+    --max-steps "$PROBE_STEPS" --warmup-steps "$NO_SAMPLES" --ckpt-every "$NO_SAMPLES" --sample-every "$NO_SAMPLES" "${EXTRA[@]}"
   STEPS=$("$PYTHON" - "$RUN/probe/metrics.jsonl" "$MINUTES" "$STARTUP_S" "$RECIPE" <<'PY'
 import json, sys
 from dgae.train.config import get_recipe
@@ -39,7 +41,7 @@ PY
 fi
 STEPS=$(cat "$RUN/max_steps")
 "$PYTHON" -m dgae train --recipe "$RECIPE" --data "$DATA" --out "$RUN" --init "$INIT" --device "$DEVICE" \
-  --max-steps "$STEPS" --max-minutes "$MINUTES"
+  --max-steps "$STEPS" --max-minutes "$MINUTES" "${EXTRA[@]}"
 "$PYTHON" - "$RUN" <<'PY'
 import sys
 from pathlib import Path

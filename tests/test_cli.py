@@ -88,3 +88,27 @@ def test_missing_default_checkpoint_message(tmp_path, monkeypatch, photo):
     monkeypatch.setattr(ck, "BUNDLED_CHECKPOINT", tmp_path / "absent.safetensors")
     monkeypatch.delenv("DGAE_CHECKPOINT", raising=False)
     assert main(["encode", str(photo), "-o", str(tmp_path / "l.safetensors")]) == 2
+
+
+def test_missing_optional_dependency_disables_only_its_subcommand(tmp_path):
+    """Without pydantic (the [serve] extra) `dgae serve` says what is missing; `dgae info` works."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["pydantic"] = None  # import pydantic -> ModuleNotFoundError
+        from dgae.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    repo = Path(__file__).resolve().parents[1]
+    serve = subprocess.run([sys.executable, "-c", code, "serve"], cwd=repo, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert serve.returncode == 2
+    assert "'dgae serve' is not available" in serve.stderr and "'pydantic'" in serve.stderr
+    assert "Traceback" not in serve.stderr
+    info = subprocess.run([sys.executable, "-c", code, "info", "--help"], cwd=repo, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert info.returncode == 0, info.stderr
