@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import check_same_device, interpreting, maybe_autotune
+from ._triton_common import Launcher, check_same_device, interpreting
 
 LOG2E = 1.4426950408889634
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -95,6 +95,8 @@ def _flash_attention_kernel(
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): a short list, since every new (N, D, dtype) tunes
 # anew; configs that exceed shared memory/registers (fp32 IEEE tiles) are skipped by the autotuner.
+GPU_DEFAULT_16BIT = (128, 64, 4, 3)  # fixed launch configs (no autotuning unless asked)
+GPU_DEFAULT_FP32 = (64, 32, 4, 2)
 _GPU_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
                 (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
 
@@ -104,8 +106,15 @@ def _gpu_configs():
             for bm, bn, warps, stages in _GPU_CONFIGS]
 
 
-_kernel, _AUTOTUNED = maybe_autotune(_flash_attention_kernel, _gpu_configs,
-                                     key=["n_q", "n_kv", "HEAD_DIM", "IEEE"])
+def _pick(interpret: bool, ieee: bool) -> dict:
+    """Fixed launch config: fp32 (IEEE) tiles are twice as large, so smaller blocks."""
+    if interpret:
+        return {"BLOCK_M": INTERPRET_BLOCK_M, "BLOCK_N": INTERPRET_BLOCK_N, "num_warps": INTERPRET_WARPS}
+    bm, bn, warps, stages = GPU_DEFAULT_FP32 if ieee else GPU_DEFAULT_16BIT
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+
+
+_launch = Launcher(_flash_attention_kernel, _pick, _gpu_configs, key=["n_q", "n_kv", "HEAD_DIM", "IEEE"])
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -149,12 +158,8 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     args = (q, k, v, out, heads, n_q, n_kv, scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride())
-    flags = dict(HEAD_DIM=head_dim, UPCAST=interpreting(), IEEE=q.dtype == torch.float32)
-    if _AUTOTUNED:
-        grid = lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        _kernel[grid](*args, **flags)
-    else:
-        grid = (triton.cdiv(n_q, INTERPRET_BLOCK_M), batch * heads)
-        _kernel[grid](*args, **flags, BLOCK_M=INTERPRET_BLOCK_M, BLOCK_N=INTERPRET_BLOCK_N,
-                      num_warps=INTERPRET_WARPS)
+    ieee = q.dtype == torch.float32
+    flags = dict(HEAD_DIM=head_dim, UPCAST=interpreting(), IEEE=ieee)
+    grid = lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
+    _launch(grid, args, flags, ieee=ieee)
     return out

@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import check_same_device, maybe_autotune
+from ._triton_common import Launcher, check_same_device
 
 INTERPRET_BLOCK = 1024
 INTERPRET_WARPS = 4
+GPU_DEFAULT = (2048, 8)  # (BLOCK, num_warps): the fixed launch config (no autotuning unless asked)
 _GPU_BLOCKS = (1024, 2048, 4096)
 _GPU_WARPS = (4, 8, 16)
 
@@ -93,8 +94,15 @@ def _gpu_configs():
             for blk in _GPU_BLOCKS for warps in _GPU_WARPS if blk // (32 * warps) >= 2]
 
 
-_kernel, _AUTOTUNED = maybe_autotune(_group_norm_silu_kernel, _gpu_configs,
-                                     key=["group_numel", "HAS_SCALE", "HAS_SHIFT", "SILU"])
+def _pick(interpret: bool) -> dict:
+    if interpret:
+        return {"BLOCK": INTERPRET_BLOCK, "num_warps": INTERPRET_WARPS}
+    block, warps = GPU_DEFAULT
+    return {"BLOCK": block, "num_warps": warps}
+
+
+_launch = Launcher(_group_norm_silu_kernel, _pick, _gpu_configs,
+                   key=["group_numel", "HAS_SCALE", "HAS_SHIFT", "SILU"])
 
 
 def _check(x, weight, bias, num_groups, scale, shift) -> None:
@@ -142,9 +150,5 @@ def group_norm_silu_triton(x, weight, bias, num_groups: int, eps: float,
     args = (x_c, y, weight, bias, sc, sh, channels, num_groups, spatial, group_numel,
             *s_scale, *s_shift, float(eps))
     flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=bool(silu))
-    grid = (batch * num_groups,)
-    if _AUTOTUNED:
-        _kernel[grid](*args, **flags)
-    else:
-        _kernel[grid](*args, **flags, BLOCK=INTERPRET_BLOCK, num_warps=INTERPRET_WARPS)
+    _launch(lambda meta: (batch * num_groups,), args, flags)
     return y

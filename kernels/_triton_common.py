@@ -1,8 +1,11 @@
 """Helpers shared by the Triton kernel modules (imported only once Triton has been selected).
 
 - :func:`interpreting`: True under ``TRITON_INTERPRET=1`` (CPU tensors, numpy-backed interpreter).
-- :func:`maybe_autotune`: wraps a ``@triton.jit`` kernel in ``triton.autotune`` only where a real
-  GPU driver exists; under the interpreter the caller passes fixed block sizes instead.
+- :class:`Launcher`: launches a ``@triton.jit`` kernel with a fixed launch config (block sizes,
+  warps, stages), chosen per call by a small heuristic, so each specialization compiles exactly
+  once. ``DGAE_TRITON_AUTOTUNE=1`` on a GPU instead autotunes over a config list (for
+  benchmarks). On an H200, autotuning by default meant tens of seconds of compiling on the first
+  call of every new shape, a latency spike no service can afford.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 import triton
 
 INTERPRET_ENV = "TRITON_INTERPRET"
+AUTOTUNE_ENV = "DGAE_TRITON_AUTOTUNE"
 
 
 def interpreting() -> bool:
@@ -24,11 +28,35 @@ def can_autotune() -> bool:
     return torch.cuda.is_available() and not interpreting()
 
 
-def maybe_autotune(kernel, configs: Callable[[], Sequence[triton.Config]], key: list[str]):
-    """Return ``(launchable, autotuned)``; ``configs`` is only evaluated when autotuning."""
-    if can_autotune():
-        return triton.autotune(configs=list(configs()), key=key)(kernel), True
-    return kernel, False
+def autotune_enabled() -> bool:
+    """``DGAE_TRITON_AUTOTUNE=1`` and a real GPU driver (read on every launch)."""
+    return os.environ.get(AUTOTUNE_ENV, "0").strip() == "1" and can_autotune()
+
+
+class Launcher:
+    """One kernel, launched with ``meta`` = block sizes + ``num_warps`` (+ ``num_stages``).
+
+    ``pick(**shape_info) -> meta`` chooses the fixed config (under the interpreter and by
+    default on a GPU); with :func:`autotune_enabled`, ``triton.autotune`` over ``configs()``
+    keyed by ``key`` decides instead (built on first use). ``grid(meta)`` gives the launch grid.
+    """
+
+    def __init__(self, kernel, pick: Callable[..., dict], configs: Callable[[], Sequence[triton.Config]],
+                 key: list[str]):
+        self.kernel, self.pick, self.configs, self.key = kernel, pick, configs, key
+        self._tuned = None
+
+    def meta(self, **shape_info) -> dict:
+        return self.pick(interpret=interpreting(), **shape_info)
+
+    def __call__(self, grid: Callable[[dict], tuple], args: tuple, flags: dict, **shape_info) -> None:
+        if autotune_enabled():
+            if self._tuned is None:
+                self._tuned = triton.autotune(configs=list(self.configs()), key=self.key)(self.kernel)
+            self._tuned[grid](*args, **flags)
+            return
+        meta = self.meta(**shape_info)
+        self.kernel[grid(meta)](*args, **flags, **meta)
 
 
 def check_same_device(name: str, *tensors: torch.Tensor | None) -> None:

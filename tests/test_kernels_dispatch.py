@@ -121,3 +121,25 @@ def test_training_step_gradients_match_reference_in_triton_mode(monkeypatch):
     assert set(tri) == set(ref) and len(ref) == len(list(model.parameters()))
     for name in ref:
         torch.testing.assert_close(tri[name], ref[name], msg=name)
+
+
+@requires_triton
+def test_fixed_launch_configs_without_autotuning(monkeypatch):
+    """Default: one fixed config per kernel (compile once, no tuning on a new shape); the GPU
+    defaults are members of the autotune lists; autotuning needs the switch *and* a GPU."""
+    from kernels import _attention_triton as att
+    from kernels import _group_norm_triton as gn
+    from kernels import _triton_common as common
+
+    assert att._launch.meta(ieee=True) == {"BLOCK_M": att.INTERPRET_BLOCK_M, "BLOCK_N": att.INTERPRET_BLOCK_N,
+                                           "num_warps": att.INTERPRET_WARPS}
+    for ieee, default in ((True, att.GPU_DEFAULT_FP32), (False, att.GPU_DEFAULT_16BIT)):
+        meta = att._pick(interpret=False, ieee=ieee)
+        assert (meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"]) == default
+        assert default in att._GPU_CONFIGS
+    gpu = gn._pick(interpret=False)
+    assert (gpu["BLOCK"], gpu["num_warps"]) in [(c.kwargs["BLOCK"], c.num_warps) for c in gn._gpu_configs()]
+    monkeypatch.setenv(common.AUTOTUNE_ENV, "1")
+    assert common.autotune_enabled() is torch.cuda.is_available()
+    monkeypatch.setenv(common.AUTOTUNE_ENV, "0")
+    assert not common.autotune_enabled()
