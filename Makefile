@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test data demo train-default eval bench lint clean
+.PHONY: install serve test data demo train-default train-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: $(STAMP)
 
 train-default: $(STAMP) data
 	$(PY) -m dgae train --recipe cpu-default --data $(DATA) --out runs/default --max-minutes 100
+
+# continue the bundled model on one GPU for GPU_MINUTES (how the bundled weights' last stage ran)
+GPU_MINUTES ?= 5
+train-gpu: $(STAMP) data
+	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
 
 eval: $(STAMP) data
 	$(PY) -m dgae eval --data $(DATA) --out weights/eval

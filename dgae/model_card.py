@@ -187,8 +187,8 @@ def render(checkpoint_info: dict, rows: list[dict], manifest: dict | None, resul
         lines += ["", f"![original | reconstruction | thumbnail]({_relative(eval_dir / GRID_NAME, out)})", "",
                   f"Columns: original | reconstruction ({result['best_steps']} steps) | thumbnail baseline."]
     lines += ["", "## Limitations", "",
-              "- A small CPU-trained model on a few dozen photographs: expect soft detail and texture "
-              "hallucination; it is a serving/demo default, not a paper-quality tokenizer.",
+              "- A small model (about 5 M parameters) trained briefly on a few dozen photographs: expect "
+              "soft detail and texture hallucination; it is a serving default, not a paper-quality tokenizer.",
               f"- Evaluated on {result['crops']} crops of {len(result.get('photos', [])) or 'few'} validation photos: "
               "the numbers carry wide error bars, KID/FID especially."]
     if best is not None and base is not None:

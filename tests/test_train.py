@@ -79,3 +79,32 @@ def test_train_resume_continues_schedule_and_step(photo_dir, tmp_path):
     model = load_checkpoint(out / "ema.safetensors")
     assert model.config.name == "tiny"
     assert (out / "samples").is_dir() and any((out / "samples").iterdir())
+
+
+def test_gpu_train_script_sizes_the_run_and_writes_fp16_ema(photo_dir, tiny_checkpoint, tmp_path):
+    """scripts/gpu_train_default.sh on CPU (tiny recipe): the probe sizes max_steps from the
+    measured rate, the run stops there, and an fp16 EMA checkpoint with the step count comes out."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from dgae.checkpoint import read_metadata
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHON=sys.executable, RECIPE="tiny", INIT=str(tiny_checkpoint), PROBE_STEPS="10",
+               DEVICE="cpu", STARTUP_S="0", TRAIN_ARGS="--workers 0")
+    proc = subprocess.run([str(repo / "scripts/gpu_train_default.sh"), str(photo_dir), str(run), "0.05"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = int((run / "max_steps").read_text())
+    assert steps >= 1 and f"sized the run to {steps} steps" in proc.stdout
+    assert not (run / "probe").exists()
+    meta = read_metadata(run / "ema-fp16.safetensors")
+    assert meta["weights"] == "ema" and 1 <= int(meta["trained_steps"]) <= steps
+    with safe_open(str(run / "ema-fp16.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
