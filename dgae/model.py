@@ -6,7 +6,7 @@ Shapes and ranges:
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -65,12 +65,17 @@ class DGAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
-               seeds: int | Sequence[int] | None = None, solver: str | None = None) -> torch.Tensor:
-        """public latents [N, c, h, w] -> images [N, 3, h*f, w*f] in [-1, 1]."""
+               seeds: int | Sequence[int] | None = None, solver: str | None = None,
+               sample: Callable[[torch.Tensor, SamplePlan], torch.Tensor] | None = None) -> torch.Tensor:
+        """public latents [N, c, h, w] -> images [N, 3, h*f, w*f] in [-1, 1].
+
+        ``sample(buf, plan) -> buf`` replaces the eager sampler loop: backends pass one that runs a
+        compiled denoiser or replays a CUDA graph (its buffer may be reused, hence the clone)."""
         self.check_latents(latents)
         plan = SamplePlan.build(self.config.sampler, steps, solver)
         buf, (h, w) = self.prepare_buffer(latents, resolve_seeds(seeds, len(latents)))
-        return run_sampler(self.decoder.forward_buffer, buf, plan)[..., :h, :w].clone()
+        out = sample(buf, plan) if sample is not None else run_sampler(self.decoder.forward_buffer, buf, plan)
+        return out[..., :h, :w].clone()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - convenience
         return self.decode(self.encode(images), seeds=0)

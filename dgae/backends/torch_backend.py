@@ -10,7 +10,7 @@ import torch
 from ..checkpoint import file_sha256, load_checkpoint
 from ..errors import BackendError
 from ..model import DGAE
-from ..sampler import SamplePlan, resolve_seeds, run_sampler
+from ..sampler import SamplePlan, run_sampler
 from .base import Backend, BackendInfo
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,12 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
                seeds: int | Sequence[int] | None = None) -> torch.Tensor:
-        self.model.check_latents(latents)
-        plan = SamplePlan.build(self.config.sampler, steps)
-        buf, (h, w) = self.model.prepare_buffer(latents.to(self.device, self.dtype),
-                                                resolve_seeds(seeds, len(latents)))
-        if self._graphed is not None:
-            return self._graphed(buf, plan)[..., :h, :w].float().cpu()
-        return run_sampler(self._denoise, buf, plan)[..., :h, :w].float().cpu()
+        self.model.check_latents(latents)  # before the device copy: a clear error, not a CUDA one
+        sample = self._graphed if self._graphed is not None else self._sample_eager
+        return self.model.decode(latents.to(self.device, self.dtype), steps, seeds, sample=sample).float().cpu()
+
+    def _sample_eager(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
+        return run_sampler(self._denoise, buf, plan)
 
     def info(self) -> BackendInfo:
         name = "torch-compile" if self.compiled else "torch"
