@@ -46,7 +46,8 @@ train-gpu: $(STAMP) data
 	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
 
 eval: $(STAMP) data
-	$(PY) -m dgae eval --data $(DATA) --out weights/eval
+	$(PY) -m dgae eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32
+	$(PY) -m dgae eval --data $(DATA) --out weights/eval/grid4 --crops-per-image 4 --steps 1,2,4,8 --no-kid
 
 .PHONY: model-card
 model-card: $(STAMP)
