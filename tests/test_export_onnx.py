@@ -140,6 +140,25 @@ def test_fp16_encoder_export(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.slow
+def test_fp16_denoiser_and_unrolled_decode_export(tmp_path, tiny_checkpoint):
+    """The fp16 decoder graphs (what a TensorRT fp16 engine is built from): fp16 I/O, finite under
+    stress inputs, within the fp16 tolerance of the fp32 torch model, norms in fp32."""
+    manifest = onnx_export.export_onnx(tiny_checkpoint, tmp_path, precision="fp16",
+                                       graphs=[mf.DENOISER, mf.UNROLLED], unroll_steps=2)
+    assert manifest.precision == "fp16"
+    for name in (mf.DENOISER, mf.UNROLLED):
+        assert all(spec.dtype == "float16" for spec in manifest.graphs[name].inputs if spec.name != "t")
+    rows = manifest.validation
+    assert {r["graph"] for r in rows} == {mf.DENOISER, mf.UNROLLED}
+    assert all(r["ok"] and r["finite"] for r in rows)
+    assert max(r["rel_error"] for r in rows if r["case"] == "random") < validate.TOLERANCES["fp16"]
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "denoiser.onnx"))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
+    norms = [n for n in graph.node if n.op_type in ("InstanceNormalization", "GroupNormalization")]
+    assert norms and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not BUNDLED_CHECKPOINT.is_file(), reason="bundled default checkpoint not trained yet")
 def test_bundled_default_exports(tmp_path):
     manifest = onnx_export.export_onnx(None, tmp_path)
