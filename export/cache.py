@@ -57,9 +57,10 @@ def cached_onnx_dir(checkpoint: str | os.PathLike | None, precision: str = "fp32
         return directory
     except BackendError as exc:
         log.info("no usable ONNX export in %s (%s); exporting %s", directory, exc, path)
+    keep = cache_keep()  # a bad setting fails before minutes of exporting, not after
     steps = read_config(path).sampler.default_steps
     export_onnx(path, directory, precision=precision, unroll_steps=steps)
-    prune_exports(exports, keep=cache_keep(), protect=directory)
+    prune_exports(exports, keep=keep, protect=directory)
     return directory
 
 
