@@ -125,6 +125,14 @@ def test_cli_export_and_errors(fast_trace, tmp_path, tiny_checkpoint, capsys, mo
     assert "validation failed" in capsys.readouterr().err
 
 
+def assert_norms_in_fp32(path) -> None:
+    """Every normalisation node of an fp16 graph takes an fp32 input (statistics in fp32)."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
+    norms = [n for n in graph.node if n.op_type in ("InstanceNormalization", "GroupNormalization")]
+    assert norms and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
+
+
 @pytest.mark.slow
 def test_fp16_encoder_export(tmp_path, tiny_checkpoint):
     """fp16 graph: fp16 I/O, normalisation statistics in fp32, finite under large inputs, close to fp32."""
@@ -133,10 +141,7 @@ def test_fp16_encoder_export(tmp_path, tiny_checkpoint):
     rows = manifest.validation
     assert {r["case"] for r in rows} == {"random", "stress"} and all(r["ok"] and r["finite"] for r in rows)
     assert max(r["rel_error"] for r in rows if r["case"] == "random") < validate.TOLERANCES["fp16"]
-    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "encoder.onnx"))).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
-    norms = [n for n in graph.node if n.op_type in ("InstanceNormalization", "GroupNormalization")]
-    assert norms and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
+    assert_norms_in_fp32(tmp_path / "encoder.onnx")
 
 
 @pytest.mark.slow
@@ -152,10 +157,7 @@ def test_fp16_denoiser_and_unrolled_decode_export(tmp_path, tiny_checkpoint):
     assert {r["graph"] for r in rows} == {mf.DENOISER, mf.UNROLLED}
     assert all(r["ok"] and r["finite"] for r in rows)
     assert max(r["rel_error"] for r in rows if r["case"] == "random") < validate.TOLERANCES["fp16"]
-    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "denoiser.onnx"))).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input]}
-    norms = [n for n in graph.node if n.op_type in ("InstanceNormalization", "GroupNormalization")]
-    assert norms and all(types.get(n.input[0]) == onnx.TensorProto.FLOAT for n in norms)
+    assert_norms_in_fp32(tmp_path / "denoiser.onnx")
 
 
 @pytest.mark.slow
