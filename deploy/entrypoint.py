@@ -2,7 +2,7 @@
 
 It picks the backend for the machine it finds, builds the runtime files that backend needs into
 the engine cache (once per checkpoint + GPU + TensorRT version, see :mod:`deploy.engine_cache`),
-then replaces itself with ``python -m dgae serve`` (which reads every other ``DGAE_*`` variable)::
+then replaces itself with ``python -m cli serve`` (which reads every other ``DGAE_*`` variable)::
 
     GPU and TensorRT   export ONNX, build TensorRT engines (cached)  -> tensorrt on cuda
     GPU, no TensorRT   nothing to build                              -> torch on cuda

@@ -205,7 +205,7 @@ class Server:
 
 @contextlib.contextmanager
 def serve(checkpoint: Path, log_dir: Path, *flags: str):
-    """Start `python -m dgae serve` on a free loopback port; wait for /readyz; always stop it."""
+    """Start `python -m cli serve` on a free loopback port; wait for /readyz; always stop it."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "DGAE_CHECKPOINT": str(checkpoint)}

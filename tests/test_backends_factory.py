@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from dgae.backends import factory
-from dgae.backends.onnxruntime_backend import OnnxRuntimeBackend
-from dgae.backends.torch_backend import TorchBackend
+from backends import factory
+from backends.onnxruntime_backend import OnnxRuntimeBackend
+from backends.torch_backend import TorchBackend
 from dgae.checkpoint import file_sha256
 from dgae.errors import BackendError
 from export import cache
@@ -89,7 +89,7 @@ def test_auto_candidates_explain_themselves():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU host auto picks a GPU runtime")
 def test_auto_picks_onnxruntime_on_cpu_and_logs_why(onnx_dir, tiny_checkpoint, caplog):
-    with caplog.at_level(logging.INFO, logger="dgae.backends.factory"):
+    with caplog.at_level(logging.INFO, logger="backends.factory"):
         b = factory.create_backend("auto", tiny_checkpoint, device="auto", onnx_dir=onnx_dir)
     assert isinstance(b, OnnxRuntimeBackend)
     assert b.auto_reason.startswith("onnxruntime-cpu")

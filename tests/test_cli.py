@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from dgae.cli import main
+from cli.main import main
 
 
 def run_cli(*args):
@@ -100,7 +100,7 @@ def test_missing_optional_dependency_disables_only_its_subcommand(tmp_path):
     code = textwrap.dedent("""
         import sys
         sys.modules["pydantic"] = None  # import pydantic -> ModuleNotFoundError
-        from dgae.cli import main
+        from cli.main import main
         sys.exit(main(sys.argv[1:]))
     """)
     repo = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from dgae.data import fetch
+from training.data import fetch
 from dgae.errors import ConfigError
 
 DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

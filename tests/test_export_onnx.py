@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from dgae import cli
+from cli import main as cli
 from dgae.checkpoint import BUNDLED_CHECKPOINT, file_sha256, load_checkpoint
 from dgae.errors import ExportError
 from dgae.sampler import SamplePlan, make_buffer, run_sampler

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load as st_load
 
-from dgae.backends.base import Backend
-from dgae.backends.torch_backend import TorchBackend
-from dgae.cli import main as dgae_main
+from backends.base import Backend
+from backends.torch_backend import TorchBackend
+from cli.main import main as dgae_main
 from dgae.errors import CheckpointError, ConfigError
 from dgae.presets import get_preset
 from service.app import create_app
@@ -273,7 +273,7 @@ def test_settings_from_env_and_flags(monkeypatch, tiny_checkpoint):
     s = ServiceSettings()
     assert (s.max_batch_size, s.api_keys, s.queue_size) == (3, ("a", "b"), 5)
     assert "a" not in json.dumps(s.redacted()["api_keys"])
-    from dgae.cli import build_parser  # noqa: PLC0415
+    from cli.main import build_parser  # noqa: PLC0415
 
     args = build_parser().parse_args(["serve", "--queue-size", "9", "--no-warmup", "--max-wait-ms", "2.5"])
     s = build_settings(args)
