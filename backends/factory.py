@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dgae.checkpoint import file_sha256, resolve_checkpoint
+from dgae.checkpoint import resolve_checkpoint
+
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError
 from .base import Backend
 

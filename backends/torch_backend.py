@@ -6,7 +6,9 @@ import logging
 
 import torch
 
-from dgae.checkpoint import file_sha256, load_checkpoint
+from dgae.checkpoint import load_checkpoint
+
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError
 from dgae.model import DGAE
 from dgae.precision import get_precision

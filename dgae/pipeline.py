@@ -38,8 +38,10 @@ def check_images(config: DGAEConfig, images: torch.Tensor) -> None:
 
 def check_latents(config: DGAEConfig, latents: torch.Tensor) -> None:
     c = config.latent_channels
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 4 or latents.shape[1] != c:
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
         raise InputError(f"latents must be [N, {c}, h, w], got {tuple(getattr(latents, 'shape', ()))}")
+    if latents.shape[1] != c:
+        raise InputError(f"latents have {latents.shape[1]} channels; this model expects c={c}: shape (N, {c}, h, w)")
     if not torch.isfinite(latents).all():
         raise InputError("latents contain NaN or infinite values")
 

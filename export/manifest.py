@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 from dgae.config import DGAEConfig
 from dgae.errors import BackendError, ConfigError
 from dgae.precision import PRECISIONS

@@ -30,7 +30,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from dgae.checkpoint import file_sha256, load_checkpoint, resolve_checkpoint
+from dgae.checkpoint import load_checkpoint, resolve_checkpoint
+
+from dgae.hashing import file_sha256
 from dgae.config import IMAGE_CHANNELS
 from dgae.errors import ExportError
 from dgae.model import DGAE

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError, ExportError
 
 from . import manifest as mf

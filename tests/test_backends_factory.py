@@ -9,7 +9,7 @@ import torch
 from backends import factory
 from backends.onnxruntime_backend import OnnxRuntimeBackend
 from backends.torch_backend import TorchBackend
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError
 from export import cache
 from tests.export_fixtures import EXPORT_TIMEOUT_S, copy_export, tiny_export
@@ -38,7 +38,9 @@ def test_onnxruntime_precision_mismatch(onnx_dir, tiny_checkpoint):
 
 def test_onnxruntime_uses_the_export_cache(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
-    target = tmp_path / "onnx" / f"{file_sha256(tiny_checkpoint)[:cache.SHA_PREFIX_CHARS]}-fp32"
+    parts = {"checkpoint_sha256": file_sha256(tiny_checkpoint), "precision": "fp32", "unroll_steps": "2",
+             "torch": torch.__version__}
+    target = tmp_path / "onnx" / cache.entry_name(cache.ONNX_KIND, parts)  # one entry per checkpoint + options
     exports = []
 
     def fake_export(path, directory, **kwargs):  # stands in for the slow tracing; copies the real export

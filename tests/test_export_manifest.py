@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 
 from backends.onnxruntime_backend import OnnxRuntimeBackend
 from dgae.errors import BackendError

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from backends.base import Backend
 from dgae.errors import InputError
-from dgae.imageio import FitInfo, fit_image, load_image, restore_size, to_tensor, to_uint8
+from dgae.imageio import FitInfo, fit_image, load_image, to_tensor, to_uint8
 from dgae.sampler import resolve_seeds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -60,11 +60,6 @@ def output_paths(out: str, n: int, names: list[str] | None = None) -> list[Path]
     p.mkdir(parents=True, exist_ok=True)
     stems = [Path(nm).stem for nm in names] if names and len(set(names)) == n else [f"{i:04d}" for i in range(n)]
     return [p / f"{s}.png" for s in stems]
-
-
-def restore_all(rgbs: np.ndarray, infos: list[dict] | None) -> list[np.ndarray]:
-    infos = infos if infos and len(infos) == len(rgbs) else [None] * len(rgbs)
-    return [restore_size(r, i) for r, i in zip(rgbs, infos)]
 
 
 def seeds_for(seed: int | None, n: int) -> list[int]:

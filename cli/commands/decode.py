@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgae.errors import InputError
-from dgae.imageio import encode_image
-from dgae.latents_io import load_npy, load_safetensors
-from cli.commands.codec import decode_batches, output_paths, restore_all, seeds_for
+from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size
+from dgae.latents_io import fit_infos, image_names, load_latents
+from cli.commands.codec import decode_batches, output_paths, seeds_for
 from cli.commands.common import add_checkpoint_arg, load_backend
 
 DEFAULT_BATCH = 8
@@ -26,18 +26,16 @@ def read_latents(path: str):
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
-    if path.endswith(".npy"):
-        return load_npy(data, path), {}
-    return load_safetensors(data, path)
+    return load_latents(data, path)
 
 
 def run(args) -> int:
     latents, meta = read_latents(args.latents)
+    infos = fit_infos(meta, len(latents), DEFAULT_MAX_PIXELS)  # validated as the service does
     backend = load_backend(args)
     seeds = seeds_for(args.seed, len(latents))
     rgbs = decode_batches(backend, latents, args.steps, seeds, args.batch_size)
-    names = [im.get("name", "") for im in meta.get("images", [])]
-    for path, rgb in zip(output_paths(args.output, len(rgbs), names), restore_all(rgbs, meta.get("images"))):
-        path.write_bytes(encode_image(rgb, path.suffix.lstrip(".") or "png"))
+    for path, rgb, info in zip(output_paths(args.output, len(rgbs), image_names(meta)), rgbs, infos):
+        path.write_bytes(encode_image(restore_size(rgb, info), path.suffix.lstrip(".") or "png"))
         print(f"wrote {path}")
     return 0

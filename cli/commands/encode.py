@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgae.imageio import FIT_POLICIES
-from dgae.latents_io import dump_safetensors
+from dgae.latents_io import dump_safetensors, encode_metadata
 from cli.commands.codec import encode_batches, load_images, seeds_for
 from cli.commands.common import add_checkpoint_arg, load_backend
 
@@ -27,10 +27,8 @@ def run(args) -> int:
     rgbs, infos = load_images(args.images, f, args.fit)
     seeds = seeds_for(args.seed if args.seed is not None else 0, len(rgbs))
     latents = encode_batches(backend, rgbs, args.mode, seeds, args.batch_size)
-    meta = {"model": backend.config.name, "checkpoint_sha256": backend.checkpoint_sha256, "f": f,
-            "c": backend.config.latent_channels, "mode": args.mode,
-            "seeds": seeds if args.mode == "sample" else None,
-            "images": [dict(name=Path(n).name, **i.to_dict()) for n, i in zip(args.images, infos)]}
+    meta = encode_metadata(backend.config, backend.checkpoint_sha256, args.mode, seeds,
+                           [Path(n).name for n in args.images], infos)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_bytes(dump_safetensors(latents, meta))
     print(f"wrote {args.output}: latents {tuple(latents.shape)}")

@@ -105,10 +105,6 @@ class PhotoSource:
     licence: str
 
 
-def sha256_file(path: Path) -> str:
-    return file_sha256(path)
-
-
 # ----------------------------------------------------------------------------- provenance
 
 
@@ -250,7 +246,7 @@ def is_up_to_date(out: Path, settings: dict) -> bool:
         return False
     if manifest.get("version") != MANIFEST_VERSION or manifest.get("settings") != settings:
         return False
-    return all((out / e["file"]).is_file() and sha256_file(out / e["file"]) == e["sha256"] for e in manifest["files"])
+    return all((out / e["file"]).is_file() and file_sha256(out / e["file"]) == e["sha256"] for e in manifest["files"])
 
 
 def build_photo_set(out: Path, sources: list[PhotoSource], max_side: int = DEFAULT_MAX_SIDE,
@@ -268,7 +264,7 @@ def build_photo_set(out: Path, sources: list[PhotoSource], max_side: int = DEFAU
         name = _output_name(src.photo_id)
         width, height = convert_photo(src.path, out / name, max_side)
         entries.append({"file": name, "id": src.photo_id, "source": src.source, "source_version": src.source_version,
-                        "licence": src.licence, "sha256": sha256_file(out / name), "width": width, "height": height,
+                        "licence": src.licence, "sha256": file_sha256(out / name), "width": width, "height": height,
                         "split": splits[src.photo_id]})
         log.info("%-5s %4dx%-4d %s", splits[src.photo_id], width, height, name)
     manifest = {"version": MANIFEST_VERSION, "settings": _settings(max_side, val_fraction, min_val, debian),

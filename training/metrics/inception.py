@@ -58,10 +58,6 @@ def find_inception_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    return file_sha256(path)
-
-
 def nv_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     """The package's ``nv_bilinear`` resize: [N, C, H, W] -> [N, C, size, size]."""
     n, channels, height, width = x.shape
@@ -91,7 +87,7 @@ class InceptionFeatures:
         path = Path(path) if path is not None else find_inception_file()
         if path is None or not path.is_file():
             raise CheckpointError(f"Inception network ({PACKAGE}/{MODEL_FILE}) not found; {INSTALL_HINT}")
-        if verify and _sha256(path) != MODEL_SHA256:
+        if verify and file_sha256(path) != MODEL_SHA256:
             raise CheckpointError(f"{path} is not the {PACKAGE_REQUIREMENT} Inception file (sha256 mismatch)")
         try:
             with warnings.catch_warnings():  # torch >= 2.9 deprecates jit.load; the file is TorchScript only

