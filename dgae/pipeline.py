@@ -41,7 +41,8 @@ def check_latents(config: DGAEConfig, latents: torch.Tensor) -> None:
     if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
         raise InputError(f"latents must be [N, {c}, h, w], got {tuple(getattr(latents, 'shape', ()))}")
     if latents.shape[1] != c:
-        raise InputError(f"latents have {latents.shape[1]} channels; this model expects c={c}: shape (N, {c}, h, w)")
+        raise InputError(f"latents must be [N, {c}, h, w]: they have {latents.shape[1]} channels and this model "
+                         f"expects c={c}")
     if not torch.isfinite(latents).all():
         raise InputError("latents contain NaN or infinite values")
 
