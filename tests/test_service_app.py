@@ -204,13 +204,19 @@ class Wrapped(Backend):
         self.inner, self.hook = inner, hook
         self.config, self.checkpoint_sha256 = inner.config, inner.checkpoint_sha256
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encode(self, images, mode="mean", seeds=None, tile="auto"):
         self.hook("encode", images)
-        return self.inner.encode(images, mode, seeds)
+        return self.inner.encode(images, mode, seeds, tile)
 
-    def decode(self, latents, steps=None, seeds=None):
+    def decode(self, latents, steps=None, seeds=None, tile="auto"):
         self.hook("decode", latents)
-        return self.inner.decode(latents, steps, seeds)
+        return self.inner.decode(latents, steps, seeds, tile)
+
+    def encoder_moments(self, images):
+        return self.inner.encoder_moments(images)
+
+    def denoise(self, buf, t):
+        return self.inner.denoise(buf, t)
 
     def info(self):
         return self.inner.info()
@@ -297,10 +303,10 @@ class ConfigOnly(Backend):
     def __init__(self):
         self.config = get_preset("tiny")
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encoder_moments(self, images):
         raise NotImplementedError
 
-    def decode(self, latents, steps=None, seeds=None):
+    def denoise(self, buf, t):
         raise NotImplementedError
 
     def info(self):
