@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .config import IMAGE_CHANNELS
@@ -160,11 +161,9 @@ def blend_lines(starts: list[int], size: int) -> list[int]:
     return sorted(lines)
 
 
-def seam_ratio(rgb: "np.ndarray", grid: TileGrid) -> float:
+def seam_ratio(rgb: np.ndarray, grid: TileGrid) -> float:
     """Mean absolute pixel step across the grid's blend lines / the mean step elsewhere, for an
     image [H, W, 3] decoded with ``grid`` (pixel units). 1.0: the lines are invisible."""
-    import numpy as np  # noqa: PLC0415 - evaluation helper; the sampler path never needs numpy
-
     img = rgb.astype(np.float64)
     dx = np.abs(np.diff(img, axis=1)).mean(axis=(0, 2))  # step between column x and x + 1
     dy = np.abs(np.diff(img, axis=0)).mean(axis=(1, 2))
