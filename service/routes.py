@@ -21,7 +21,7 @@ from dgae.sampler import resolve_seeds
 
 from . import codecs
 from .errors import ParameterError, Unauthorized, openapi_errors
-from .state import DECODE, ENCODE, ModelSpec, ServiceState
+from .state import ModelSpec, ServiceState
 
 SEED_PATTERN = r"^[0-9]{1,19}(,[0-9]{1,19})*$"
 DEFAULT_QUALITY = 95
@@ -122,8 +122,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
             raise ParameterError(f"format=json is limited to {s.max_json_values} latent values (this request has "
                                  f"{values}); use safetensors or npy")
         seeds = parse_seeds(seed, n) if mode == "sample" else [0] * n
-        latents = await svc.submit(ENCODE, (mode, h, w), await run_in_threadpool(to_tensor, rgbs), seeds)
-        svc.metrics.images_encoded.inc(n)
+        latents = await svc.encode(await run_in_threadpool(to_tensor, rgbs), mode, seeds)
         meta = {"model": spec.preset, "checkpoint_sha256": svc.backend.checkpoint_sha256, "f": spec.f, "c": spec.c,
                 "mode": mode, "seeds": seeds if mode == "sample" else None,
                 "images": [dict(name=name, **info.to_dict()) for (name, _), info in zip(files, infos)]}
@@ -165,10 +164,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         names = [im.get("name", "") if isinstance(im, dict) else "" for im in meta.get("images") or []]
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
-        images = await svc.submit(DECODE, (steps, *latents.shape[1:]), latents, seeds)
-        svc.metrics.images_decoded.inc(n)
-        for _ in range(n):
-            svc.metrics.decode_steps.observe(steps)
+        images = await svc.decode(latents, steps, seeds)
         out_meta = {"model": spec.preset, "steps": steps, "seeds": seeds}
         rgbs = await run_in_threadpool(to_uint8, images)
         data, media, filename = await run_in_threadpool(codecs.images_body, rgbs, infos, names, fmt, quality,
