@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.v2.models import DECODER, ENCODER
+from service.v2.tensors import DATATYPES, HEADER_LENGTH
 from service_cases import AUTH, C, F, Limits
-
-ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def infer_path(model: str) -> str:
@@ -37,8 +36,6 @@ def binary_request(inputs: list[tuple[str, np.ndarray, str]], parameters: dict |
 
 def read_binary_response(body: bytes, header_length: int) -> tuple[dict, dict[str, np.ndarray]]:
     """(JSON header, {output name: array}) of a response carrying binary outputs."""
-    from service.v2.tensors import DATATYPES  # noqa: PLC0415 - the one datatype table
-
     doc, offset, arrays = json.loads(body[:header_length]), header_length, {}
     for out in doc["outputs"]:
         size = out["parameters"]["binary_data_size"]
@@ -101,7 +98,7 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
               _json({"inputs": [json_tensor("latents", z.transpose(0, 2, 3, 1), "FP32")]}), "shape"),
         BadV2("wrong rank", dec, _json({"inputs": [json_tensor("latents", z[0], "FP32")]}), "shape"),
         BadV2("wrong channel count", dec, _json({"inputs": [json_tensor("latents", latents_f32(c=C + 1), "FP32")]}),
-              f"shape"),
+              "shape"),
         BadV2("image not RGB", enc, _json({"inputs": [json_tensor("images", img[..., :2].copy(), "UINT8")]}), "shape"),
         BadV2("empty dimension", dec, _json({"inputs": [{**lat, "shape": [0, C, 1, 1], "data": []}]}), "empty"),
         BadV2("negative dimension", dec, _json({"inputs": [{**lat, "shape": [-1, C, 1, 1]}]}), "non-negative"),

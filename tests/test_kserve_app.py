@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from dgae.backends.torch_backend import TorchBackend
-from dgae.imageio import to_tensor
+from dgae.imageio import encode_image, to_tensor
 from dgae.latents_io import dump_npy
 from kserve_cases import (DECODER, ENCODER, HEADER_LENGTH, assert_v2_error, binary_request, image_u8, infer_path,
                           json_tensor, latents_f32, malformed_v2_requests, read_binary_response, send_v2)
 from service.v2.tensors import DATATYPES, datatype_of
-from service_cases import AUTH, C, F, Limits, png
+from service_cases import AUTH, C, F, Limits
 from test_service_app import POISON, READY_WAIT_S, STEPS, Wrapped, make_client, wait_ready
 
 LIMITS = Limits()
@@ -102,15 +102,9 @@ def test_encode_json_and_binary_agree_with_native_encode(client):
     _, arrays = infer_binary(client, ENCODER, [("images", img, "UINT8")], {"binary_data_output": True})
     assert z_json.shape == (2, C, JSON_SIDE // F, JSON_SIDE // F) and z_json.dtype == np.float32
     np.testing.assert_allclose(arrays["latents"], z_json, atol=LATENT_ATOL)
-    files = [("image", (f"{i}.png", png_of(img[i]), "image/png")) for i in range(2)]
+    files = [("image", (f"{i}.png", encode_image(img[i]), "image/png")) for i in range(2)]
     native = np.load(io.BytesIO(client.post("/encode?format=npy", files=files, headers=AUTH).content))
     np.testing.assert_allclose(z_json, native, atol=LATENT_ATOL)
-
-
-def png_of(rgb: np.ndarray) -> bytes:
-    from dgae.imageio import encode_image  # noqa: PLC0415
-
-    return encode_image(rgb)
 
 
 def test_fp32_nchw_images_equal_uint8_images(client):

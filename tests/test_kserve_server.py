@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks.inputs import photo_arrays
+from dgae.imageio import encode_image
 from dgae.latents_io import dump_npy
 from kserve_cases import DECODER, ENCODER, malformed_v2_requests, send_v2
 from service_cases import AUTH, C, F, Limits, serve
@@ -101,14 +102,8 @@ def test_photo_roundtrip_with_binary_tensors_equals_native_decode(server):
     assert "binary_data_size" in dec.get_output("images")["parameters"]
     reference = native(server, f"/decode?seed={SEED}&steps={STEPS}&format=npy", content=dump_npy(latents))
     assert level_diff(images, reference) <= MAX_LEVEL_DIFF
-    encoded = native(server, "/encode?format=npy", content=_png(rgb[0]), headers={"Content-Type": "image/png"})
+    encoded = native(server, "/encode?format=npy", content=encode_image(rgb[0]), headers={"Content-Type": "image/png"})
     np.testing.assert_allclose(latents, encoded, atol=LATENT_ATOL)
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    from dgae.imageio import encode_image  # noqa: PLC0415
-
-    return encode_image(rgb)
 
 
 def test_json_only_requests_match_binary_ones(server):
