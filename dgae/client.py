@@ -380,6 +380,10 @@ class _Settings:
         return delay
 
 
+def _limits(limits: httpx.Limits | None) -> dict:
+    return {} if limits is None else {"limits": limits}  # None: httpx's own default pool
+
+
 def _transport_error(call: _Call, exc: httpx.HTTPError) -> ClientError:
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return RequestTimeout(f"{_describe(call)}: no answer in time ({type(exc).__name__})")
@@ -396,7 +400,7 @@ class Client:
                  limits: httpx.Limits | None = None, transport: httpx.BaseTransport | None = None):
         self._s = _Settings(url, api_key, timeout_s, connect_timeout_s, retries, backoff_s, max_backoff_s)
         self._http = httpx.Client(base_url=self._s.url, headers=self._s.headers, timeout=self._s.timeout,
-                                  limits=limits or httpx.Limits(), transport=transport)
+                                  transport=transport, **_limits(limits))
 
     def __enter__(self) -> "Client":
         return self
@@ -490,7 +494,7 @@ class AsyncClient:
                  limits: httpx.Limits | None = None, transport: httpx.AsyncBaseTransport | None = None):
         self._s = _Settings(url, api_key, timeout_s, connect_timeout_s, retries, backoff_s, max_backoff_s)
         self._http = httpx.AsyncClient(base_url=self._s.url, headers=self._s.headers, timeout=self._s.timeout,
-                                       limits=limits or httpx.Limits(), transport=transport)
+                                       transport=transport, **_limits(limits))
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -537,9 +541,10 @@ class AsyncClient:
         attempt = 0
         while True:
             response, failure = None, None
+            body = await _async_body(call)
             try:
                 request = self._http.build_request(call.method, call.path, params=call.params, headers=call.headers,
-                                                   **_async_body(call))
+                                                   **body)
                 response = await self._http.send(request, stream=True)
                 try:
                     await response.aread()
@@ -549,6 +554,9 @@ class AsyncClient:
                 failure = exc
             except httpx.HTTPError as exc:
                 raise _transport_error(call, exc) from exc
+            finally:
+                if hasattr(body.get("content"), "aclose"):  # a file stream cut short closes its file now
+                    await body["content"].aclose()
             delay = self._s.next_delay(call, attempt, response, failure)
             if delay is None:
                 if failure is not None:
@@ -568,10 +576,14 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
         fh.close()
 
 
-def _async_body(call: _Call) -> dict:
-    if call.parts:  # multipart needs every part's length up front: small image files are read here
-        return {"files": [(IMAGE_FIELD, (name, p.read_bytes() if isinstance(p, Path) else p, OCTET))
-                          for name, p in call.parts]}
+def _read_parts(parts: tuple[tuple[str, bytes | Path], ...]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(IMAGE_FIELD, (name, p.read_bytes() if isinstance(p, Path) else p, OCTET)) for name, p in parts]
+
+
+async def _async_body(call: _Call) -> dict:
+    """httpx body arguments for one attempt; disk reads run in a worker thread."""
+    if call.parts:
+        return {"files": await asyncio.to_thread(_read_parts, call.parts)}
     if isinstance(call.content, Path):
         return {"content": _file_chunks(call.content)}
     return {} if call.content is None else {"content": call.content}

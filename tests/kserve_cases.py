@@ -39,7 +39,8 @@ def read_binary_response(body: bytes, header_length: int) -> tuple[dict, dict[st
     doc, offset, arrays = json.loads(body[:header_length]), header_length, {}
     for out in doc["outputs"]:
         size = out["parameters"]["binary_data_size"]
-        arrays[out["name"]] = np.frombuffer(body[offset:offset + size], DATATYPES[out["datatype"]]).reshape(out["shape"])
+        data = np.frombuffer(body[offset:offset + size], DATATYPES[out["datatype"]])
+        arrays[out["name"]] = data.reshape(out["shape"])
         offset += size
     assert offset == len(body)
     return doc, arrays
@@ -88,8 +89,8 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
     over_json = latents_f32(1, side=int(np.sqrt(lim.max_json_values / C)) + 1)
     too_big_image = image_u8(1, side=int(np.sqrt(lim.max_pixels)) + F)
     return [
-        BadV2("wrong datatype (INT32 latents)", dec, _json({"inputs": [json_tensor("latents", z.astype(np.int32), "INT32")]}),
-              "datatype INT32"),
+        BadV2("wrong datatype (INT32 latents)", dec,
+              _json({"inputs": [json_tensor("latents", z.astype(np.int32), "INT32")]}), "datatype INT32"),
         BadV2("wrong datatype (FP32 images with UINT8 layout)", enc,
               _json({"inputs": [json_tensor("images", img.astype(np.float32), "FP32")]}), "expected"),
         BadV2("unknown datatype", dec, _json({"inputs": [{**lat, "datatype": "FP33"}]}), "unsupported datatype"),
@@ -140,8 +141,8 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
                                                                     "data": [300] * img.size}]}), "range"),
         BadV2("FP32 images outside [-1, 1]", enc,
               _json({"inputs": [json_tensor("images", np.full((1, 3, F, F), 2.0, np.float32), "FP32")]}), "[-1, 1]"),
-        BadV2("image side not a multiple of f", enc, _json({"inputs": [json_tensor("images", image_u8(1, F + 1), "UINT8")]}),
-              "multiple"),
+        BadV2("image side not a multiple of f", enc,
+              _json({"inputs": [json_tensor("images", image_u8(1, F + 1), "UINT8")]}), "multiple"),
         BadV2("NaN latents", dec, _binary({"inputs": [zbin]}, nan.tobytes()), "NaN"),
         BadV2("not JSON at all", dec, {"content": b"\x00\x01garbage", "headers": {"Content-Type": "application/json"}},
               "not valid JSON"),
@@ -177,13 +178,16 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
             "Content-Type": "application/json", "Content-Encoding": "br"}}, "Content-Encoding"),
         BadV2("corrupt gzip body", dec, {"content": gzip.compress(b'{"inputs": []}')[:-6], "headers": {
             "Content-Encoding": "gzip"}}, "gzip"),
+        BadV2("bytes after the gzip stream", dec, {"content": gzip.compress(json.dumps({"inputs": [lat]}).encode())
+                                                   + b"junk", "headers": {"Content-Encoding": "gzip"}}, "follow the end"),
         BadV2("id not a string", dec, _json({"id": 5, "inputs": [lat]}), "'id'"),
         # not 400: the same limits and auth as the native routes
         BadV2("too many latents", dec, _binary({"inputs": [{**zbin, "shape": list(over_items.shape), "parameters": {
             "binary_data_size": over_items.nbytes}}]}, over_items.tobytes()), "limit", status=413),
         BadV2("image over the pixel limit", enc, _binary({"inputs": [
             {"name": "images", "datatype": "UINT8", "shape": list(too_big_image.shape),
-             "parameters": {"binary_data_size": too_big_image.nbytes}}]}, too_big_image.tobytes()), "limit", status=413),
+             "parameters": {"binary_data_size": too_big_image.nbytes}}]}, too_big_image.tobytes()),
+              "limit", status=413),
         BadV2("JSON tensor over the JSON limit", dec, _json({"inputs": [json_tensor("latents", over_json, "FP32")]}),
               "limit", status=413),
         BadV2("body over the byte limit", dec, {"content": b" " * (lim.max_body_bytes + 1)}, "limit", status=413),

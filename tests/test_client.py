@@ -211,18 +211,21 @@ def test_ready_is_false_on_503_and_unreachable_without_retrying():
         assert c.ready() is False
 
 
-def test_async_client_retries_like_the_sync_one():
+def test_async_client_retries_like_the_sync_one(tmp_path):
     z = np.zeros((1, C, 2, 2), np.float32)
+    path = tmp_path / "z.npy"
+    path.write_bytes(dump_npy(z))
     script = Script(native_error(503, "queue_full", "full", **{"Retry-After": str(RETRY_AFTER_S)}),
                     httpx.ConnectError("refused"), npy_response(z))
 
     async def go():
         async with AsyncClient("http://dgae.test", transport=httpx.MockTransport(script),
                                backoff_s=FAST_BACKOFF_S) as c:
-            return await c.encode(png(16, 16))
+            return await c.decode(path, seeds=2)
 
     assert np.array_equal(asyncio.run(go()), z)
     assert len(script.requests) == 3 and script.gaps()[0] >= RETRY_AFTER_S
+    assert set(script.bodies) == {path.read_bytes()}  # streamed from disk again on every attempt
 
 
 def test_the_client_does_not_import_the_service():

@@ -117,7 +117,8 @@ def test_fp32_nchw_images_equal_uint8_images(client):
 
 def test_fp16_latents_out_and_in(client):
     img = image_u8(1, 16, seed=5)
-    doc, arrays = infer_binary(client, ENCODER, [("images", img, "UINT8")], {"dtype": "FP16", "binary_data_output": True})
+    doc, arrays = infer_binary(client, ENCODER, [("images", img, "UINT8")],
+                               {"dtype": "FP16", "binary_data_output": True})
     z16 = arrays["latents"]
     assert z16.dtype == np.float16 and doc["outputs"][0]["datatype"] == "FP16"
     _, out16 = infer_binary(client, DECODER, [("latents", z16, "FP16")], {"seed": 2, "binary_data_output": True})

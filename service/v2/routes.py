@@ -96,10 +96,10 @@ def _errors(*statuses: int) -> dict[int, dict]:
     return {s: {"model": V2Error, "description": _ERROR_TEXT[s]} for s in statuses}
 
 
-_TENSOR_DOC = {"type": "object", "required": ["name", "datatype", "shape"],
-               "properties": {"name": {"type": "string"}, "datatype": {"type": "string", "enum": list(tensors.DATATYPES)},
-                              "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                              "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}}
+_TENSOR_DOC = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string", "enum": list(tensors.DATATYPES)},
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}}
 INFER_BODY = {"requestBody": {"required": True, "content": {
     tensors.JSON_MEDIA: {"schema": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},

@@ -98,7 +98,8 @@ def parse_request(body: bytes, json_length: int | None, max_json_values: int) ->
     """Split the body into the JSON header and binary tensor data and build every input tensor."""
     if not body:
         raise InputError("empty body: send an inference request {\"inputs\": [...]}")
-    head, binary = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
+    view = memoryview(body)  # binary inputs become views of the body, never copies of it
+    head, binary = (view, view[:0]) if json_length is None else (view[:json_length], view[json_length:])
     doc = _load_json(head)
     if not isinstance(doc, dict):
         raise InputError("the inference request must be a JSON object {\"inputs\": [...]}")
@@ -125,9 +126,9 @@ def parse_request(body: bytes, json_length: int | None, max_json_values: int) ->
     return InferRequest(inputs, parameters, _outputs(doc.get("outputs"), binary_output), binary_output, request_id)
 
 
-def _load_json(head: bytes) -> object:
+def _load_json(head: memoryview) -> object:
     try:
-        return json.loads(head)
+        return json.loads(bytes(head))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"the inference header is not valid JSON ({str(exc)[:ERROR_PREVIEW_CHARS]}); binary "
                          f"tensor data needs the {HEADER_LENGTH} header") from None
@@ -141,7 +142,8 @@ def _parameters(value: object, where: str) -> dict:
     return dict(value)
 
 
-def _input(item: object, index: int, binary: bytes, offset: int, max_json_values: int) -> tuple[InputTensor, int]:
+def _input(item: object, index: int, binary: memoryview, offset: int,
+           max_json_values: int) -> tuple[InputTensor, int]:
     if not isinstance(item, dict):
         raise InputError(f"inputs[{index}] must be an object")
     name = item.get("name")
@@ -183,7 +185,8 @@ def _json_data(data: object, name: str, datatype: str, shape: tuple[int, ...], m
     try:
         values = np.array(data, dtype=object).ravel()
     except (ValueError, RecursionError) as exc:
-        raise InputError(f"input {name!r}: 'data' is not a list of numbers ({str(exc)[:ERROR_PREVIEW_CHARS]})") from None
+        raise InputError(f"input {name!r}: 'data' is not a list of numbers "
+                         f"({str(exc)[:ERROR_PREVIEW_CHARS]})") from None
     if values.size > max_values:
         raise TooLargeError(f"input {name!r}: {values.size} JSON values exceed the limit of {max_values}; "
                             f"send the tensor as binary data ({BINARY_DATA_SIZE})")
@@ -268,7 +271,8 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     if encoding == IDENTITY:
         return body
     if encoding not in _WBITS:
-        raise InputError(f"unsupported Content-Encoding {encoding[:ERROR_PREVIEW_CHARS]!r} (gzip, deflate or identity)")
+        raise InputError(f"unsupported Content-Encoding {encoding[:ERROR_PREVIEW_CHARS]!r} "
+                         "(gzip, deflate or identity)")
     inflater = zlib.decompressobj(_WBITS[encoding])
     try:
         out = inflater.decompress(body, max_bytes + 1)
@@ -278,4 +282,6 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         raise TooLargeError(f"decompressed body exceeds the limit of {max_bytes} bytes")
     if not inflater.eof:
         raise InputError(f"truncated {encoding} body")
+    if inflater.unused_data:
+        raise InputError(f"{len(inflater.unused_data)} bytes follow the end of the {encoding} stream")
     return out
