@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Sequence, Union
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -45,6 +44,11 @@ from PIL import Image
 from .errors import ConfigError, DGAEError, InputError
 from .imageio import encode_image, to_uint8
 from .latents_io import dump_npy
+
+try:
+    import httpx
+except ModuleNotFoundError as exc:  # the client is an optional extra of the package
+    raise ModuleNotFoundError("dgae.client needs httpx: pip install 'dgae-serve[client]'", name=exc.name) from exc
 
 log = logging.getLogger(__name__)
 
