@@ -72,7 +72,7 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
 @torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
         precision: str, clock: str = "wall") -> dict:
-    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+    from backends.torch_backend import TorchBackend  # noqa: PLC0415
 
     sync, dtype = synchronizer(device), PRECISIONS[precision]
     rows, skipped = [], {}

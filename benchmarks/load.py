@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_workload(checkpoint, size: int, steps: int) -> Workload:
-    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+    from backends.torch_backend import TorchBackend  # noqa: PLC0415
     from dgae.imageio import encode_image, to_tensor  # noqa: PLC0415
     from dgae.latents_io import dump_safetensors  # noqa: PLC0415
 
@@ -169,7 +169,7 @@ async def sweep(urls: dict[str, str], warmups: dict[str, int], ops: list[str], w
 def inprocess(checkpoint, kind: str, device: str, wl: Workload, batches: tuple[int, ...], repeats: int,
               options: dict) -> list[dict]:
     """Images/s of the same backend called directly at each batch size (no HTTP, no queue)."""
-    from dgae.backends.factory import create_backend  # noqa: PLC0415
+    from backends.factory import create_backend  # noqa: PLC0415
 
     backend = create_backend(kind, checkpoint, device=device, max_batch_size=max(batches), **options)
     sync = synchronizer(device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,12 @@ class DGAEConfig:
     def decoder_multiple(self) -> int:
         """The U-Net's input sides must be multiples of this (decode pads latents to fit)."""
         return 2 ** (len(self.decoder.channel_mult) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides every network accepts whole: multiples of f (encoder) and of the U-Net's
+        multiple (exported graphs, tiles and engine profiles use this)."""
+        return math.lcm(self.downsample_factor, self.decoder_multiple)
 
     def validate(self) -> "DGAEConfig":
         enc, dec, smp = self.encoder, self.decoder, self.sampler

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dgae.backends.base import Backend
+from backends.base import Backend
 
 from . import codecs
 from .errors import ERROR_CODE_SCOPE_KEY, install_handlers, openapi_errors

@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dgae.errors import InputError
 from dgae.imageio import to_tensor, to_uint8
+from dgae.latents_io import encode_metadata, fit_infos, image_names
 from dgae.sampler import resolve_seeds
 
 from . import codecs
@@ -123,9 +124,8 @@ def build_router(spec: ModelSpec) -> APIRouter:
                                  f"{values}); use safetensors or npy")
         seeds = parse_seeds(seed, n) if mode == "sample" else [0] * n
         latents = await svc.encode(await run_in_threadpool(to_tensor, rgbs), mode, seeds)
-        meta = {"model": spec.preset, "checkpoint_sha256": svc.backend.checkpoint_sha256, "f": spec.f, "c": spec.c,
-                "mode": mode, "seeds": seeds if mode == "sample" else None,
-                "images": [dict(name=name, **info.to_dict()) for (name, _), info in zip(files, infos)]}
+        meta = encode_metadata(svc.backend.config, svc.backend.checkpoint_sha256, mode, seeds,
+                               [name for name, _ in files], infos)
         data, media = await run_in_threadpool(codecs.latents_body, latents, fmt, LATENT_DTYPES[dtype], meta)
         headers = _headers(svc, **{H_MODE: mode, H_SHAPE: ",".join(map(str, latents.shape))})
         if mode == "sample":
@@ -158,10 +158,9 @@ def build_router(spec: ModelSpec) -> APIRouter:
         body = await codecs.read_body(request, s.max_body_bytes)
         latents, meta = await run_in_threadpool(codecs.parse_latents, body, codecs.media_type(request),
                                                 s.max_json_values)
-        codecs.check_latents(latents, spec.c, spec.f, s.max_items, s.max_pixels)
+        codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
         n = len(latents)
-        infos = codecs.fit_infos(meta, n, s.max_pixels)
-        names = [im.get("name", "") if isinstance(im, dict) else "" for im in meta.get("images") or []]
+        infos, names = fit_infos(meta, n, s.max_pixels), image_names(meta)
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
         images = await svc.decode(latents, steps, seeds)

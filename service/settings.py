@@ -12,11 +12,11 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dgae.imageio import DEFAULT_MAX_PIXELS
+from dgae.precision import PRECISIONS
 
 ENV_PREFIX = "DGAE_"
 MIB = 1 << 20
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class ServiceSettings(BaseSettings):
@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
 
     # --- model / runtime ----------------------------------------------------------------
     checkpoint: str | None = Field(None, description="checkpoint .safetensors (default: bundled weights/)")
-    backend: str = Field("torch", description="backend name understood by dgae.backends.factory")
+    backend: str = Field("torch", description="backend name understood by backends.factory")
     device: str = Field("cpu", description="cpu | cuda[:N]")
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")

@@ -14,7 +14,7 @@ from typing import Hashable
 
 import torch
 
-from dgae.backends.base import Backend
+from backends.base import Backend
 from dgae.checkpoint import read_config, resolve_checkpoint
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.errors import ConfigError
@@ -112,7 +112,7 @@ class ServiceState:
         log.info("ready: %s on %s (%s), backend %s", self.spec.preset, info.device, info.precision, info.name)
 
     def _create_backend(self) -> Backend:
-        from dgae.backends.factory import create_backend  # noqa: PLC0415 - heavy, loaded in the worker
+        from backends.factory import create_backend  # noqa: PLC0415 - heavy, loaded in the worker
 
         s = self.settings
         log.info("loading %s with backend %s on %s (%s)", self.checkpoint, s.backend, s.device, s.precision)

@@ -205,11 +205,11 @@ class Server:
 
 @contextlib.contextmanager
 def serve(checkpoint: Path, log_dir: Path, *flags: str):
-    """Start `python -m dgae serve` on a free loopback port; wait for /readyz; always stop it."""
+    """Start `python -m cli serve` on a free loopback port; wait for /readyz; always stop it."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "DGAE_CHECKPOINT": str(checkpoint)}
-    cmd = [sys.executable, "-m", "dgae", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from dgae.backends.torch_backend import TorchBackend
+from backends.torch_backend import TorchBackend
 from dgae.imageio import encode_image, to_tensor
 from dgae.latents_io import dump_npy
 from kserve_cases import (DECODER, ENCODER, HEADER_LENGTH, assert_v2_error, binary_request, image_u8, infer_path,
                           json_tensor, latents_f32, malformed_v2_requests, read_binary_response, send_v2)
 from service.v2.tensors import DATATYPES, datatype_of
 from service_cases import AUTH, C, F, Limits
-from test_service_app import POISON, READY_WAIT_S, STEPS, Wrapped, make_client, wait_ready
+from test_service_app import POISON, READY_WAIT_S, STEPS, make_client, wait_ready
 
 LIMITS = Limits()
 CASES = malformed_v2_requests(LIMITS)
@@ -205,6 +205,22 @@ def torch_backend(tiny_checkpoint):
     return TorchBackend.from_checkpoint(tiny_checkpoint)
 
 
+def with_hook(backend: TorchBackend, hook) -> TorchBackend:
+    """The backend with ``hook(op, tensor)`` run before each encode/decode (block, sleep or raise)."""
+    encode, decode = backend.encode, backend.decode
+
+    def hooked_encode(images, mode="mean", seeds=None):
+        hook("encode", images)
+        return encode(images, mode, seeds)
+
+    def hooked_decode(latents, steps=None, seeds=None):
+        hook("decode", latents)
+        return decode(latents, steps, seeds)
+
+    backend.encode, backend.decode = hooked_encode, hooked_decode
+    return backend
+
+
 def v2_decode(c, z: np.ndarray):
     body, headers = binary_request([("latents", z, "FP32")], {"binary_data_output": True})
     return c.post(infer_path(DECODER), content=body, headers={**AUTH, **headers})
@@ -212,7 +228,7 @@ def v2_decode(c, z: np.ndarray):
 
 def test_not_ready_is_503_with_retry_after(torch_backend):
     gate = threading.Event()
-    with make_client(backend=Wrapped(torch_backend, lambda op, t: gate.wait(READY_WAIT_S))) as c:
+    with make_client(backend=with_hook(torch_backend, lambda op, t: gate.wait(READY_WAIT_S))) as c:
         assert c.get("/v2/health/live").status_code == 200
         r = c.get("/v2/health/ready")
         assert r.status_code == 503 and r.json() == {"ready": False} and r.headers["retry-after"] == "1"
@@ -231,14 +247,14 @@ def test_backend_failure_is_500_in_protocol_form_and_service_keeps_serving(torch
         if op == "decode" and (t == POISON).any():
             raise RuntimeError("simulated kernel failure")
 
-    with make_client(backend=Wrapped(torch_backend, hook), warmup=False) as c:
+    with make_client(backend=with_hook(torch_backend, hook), warmup=False) as c:
         wait_ready(c)
         assert_v2_error(v2_decode(c, np.full((1, C, 2, 2), POISON, np.float32)), 500, "simulated kernel failure")
         assert v2_decode(c, latents_f32()).status_code == 200
 
 
 def test_deadline_is_504_in_protocol_form(torch_backend):
-    slow = Wrapped(torch_backend, lambda op, t: time.sleep(SLOW_BATCH_S) if op == "decode" else None)
+    slow = with_hook(torch_backend, lambda op, t: time.sleep(SLOW_BATCH_S) if op == "decode" else None)
     with make_client(backend=slow, request_timeout_s=SLOW_BATCH_S / 5, warmup=False) as c:
         wait_ready(c)
         assert_v2_error(v2_decode(c, latents_f32()), 504, "did not finish")

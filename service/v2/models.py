@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from fastapi.concurrency import run_in_threadpool
 
+from dgae.config import DGAEConfig
 from dgae.errors import InputError, TooLargeError
 from dgae.imageio import to_tensor, to_uint8
+from dgae.pipeline import ENCODE_MODES, check_images
 from dgae.sampler import resolve_seeds
 
 from .. import codecs
@@ -34,7 +36,6 @@ ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
 VERSION = "1"
 DYNAMIC = -1
 RGB = 3
-ENCODE_MODES = ("mean", "sample")
 LATENT_DATATYPES = {"FP32": np.float32, "FP16": np.float16}
 PIXEL_RANGE = (-1.0, 1.0)
 MAX_NAME_CHARS = 100  # of an unknown model name or version echoed in an error
@@ -147,7 +148,7 @@ def _seeds_param(seeds: list[int]) -> str:
 
 
 # --- encoder ----------------------------------------------------------------------------------------
-def _image_tensor(req: InferRequest, f: int, max_items: int, max_pixels: int) -> torch.Tensor:
+def _image_tensor(req: InferRequest, config: DGAEConfig, max_items: int, max_pixels: int) -> torch.Tensor:
     """UINT8 [N, H, W, 3] or FP32 [N, 3, H, W] in [-1, 1] -> float [N, 3, H, W] in [-1, 1]."""
     tensor = req.inputs["images"]
     arr = tensor.array
@@ -156,14 +157,15 @@ def _image_tensor(req: InferRequest, f: int, max_items: int, max_pixels: int) ->
         raise TooLargeError(f"{n} images exceed the limit of {max_items} per request")
     if h * w > max_pixels:
         raise TooLargeError(f"images of {w}x{h} = {h * w} pixels exceed the limit of {max_pixels}")
-    if h % f or w % f:
-        raise InputError(f"image size {w}x{h} is not a multiple of f={f}; pad or crop before sending")
     if tensor.datatype == "UINT8":
-        return to_tensor(arr)
-    lo, hi = PIXEL_RANGE
-    if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
-        raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
+        images = to_tensor(arr)
+    else:
+        lo, hi = PIXEL_RANGE
+        if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
+            raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
+        images = torch.from_numpy(np.array(arr, dtype=np.float32))
+    check_images(config, images)  # the model's own checks: [N, 3, H, W], sides multiples of f
+    return images
 
 
 def _encoder(spec: ModelSpec) -> V2Model:
@@ -171,7 +173,7 @@ def _encoder(spec: ModelSpec) -> V2Model:
         s = svc.settings
         mode = _choice(req.parameters, "mode", ENCODE_MODES, ENCODE_MODES[0])
         dtype = LATENT_DATATYPES[_choice(req.parameters, "dtype", tuple(LATENT_DATATYPES), "FP32")]
-        images = await run_in_threadpool(_image_tensor, req, spec.f, s.max_items, s.max_pixels)
+        images = await run_in_threadpool(_image_tensor, req, svc.backend.config, s.max_items, s.max_pixels)
         n, _, h, w = images.shape
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
         seeds = parse_seeds(_seed_text(req.parameters), n) if mode == "sample" else [MEAN_MODE_SEED] * n
@@ -207,7 +209,7 @@ def _decoder(spec: ModelSpec) -> V2Model:
         if type(steps) is not int or not 1 <= steps <= spec.max_steps:
             raise ParameterError(f"parameter 'steps' must be an integer in 1..{spec.max_steps}, got {steps!r}")
         latents = torch.from_numpy(np.array(req.inputs["latents"].array, dtype=np.float32))
-        codecs.check_latents(latents, spec.c, spec.f, s.max_items, s.max_pixels)
+        codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
         n, _, h, w = latents.shape
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
         seeds = _decode_seeds(req, n)

@@ -1,0 +1,17 @@
+"""Arguments and helpers shared by the core subcommands."""
+from __future__ import annotations
+
+import argparse
+
+from backends.torch_backend import TorchBackend
+from dgae.checkpoint import resolve_checkpoint
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", default=None,
+                   help="checkpoint .safetensors (default: $DGAE_CHECKPOINT, else the bundled weights/ model)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+
+
+def load_backend(args: argparse.Namespace) -> TorchBackend:
+    return TorchBackend.from_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
