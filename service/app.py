@@ -24,6 +24,7 @@ from .errors import ERROR_CODE_SCOPE_KEY, install_handlers, openapi_errors
 from .routes import build_router, require_api_key, service
 from .settings import ServiceSettings
 from .state import ServiceState
+from .v2 import install as install_v2
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     install_handlers(app)
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(build_router(spec))
+    install_v2(app, spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
 
     @app.get("/healthz", response_model=Health, summary="Liveness")
     async def healthz() -> Health:

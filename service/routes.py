@@ -22,7 +22,7 @@ from dgae.sampler import resolve_seeds
 
 from . import codecs
 from .errors import ParameterError, Unauthorized, openapi_errors
-from .state import DECODE, ENCODE, ModelSpec, ServiceState
+from .state import ModelSpec, ServiceState
 
 SEED_PATTERN = r"^[0-9]{1,19}(,[0-9]{1,19})*$"
 DEFAULT_QUALITY = 95
@@ -123,8 +123,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
             raise ParameterError(f"format=json is limited to {s.max_json_values} latent values (this request has "
                                  f"{values}); use safetensors or npy")
         seeds = parse_seeds(seed, n) if mode == "sample" else [0] * n
-        latents = await svc.submit(ENCODE, (mode, h, w), await run_in_threadpool(to_tensor, rgbs), seeds)
-        svc.metrics.images_encoded.inc(n)
+        latents = await svc.encode(await run_in_threadpool(to_tensor, rgbs), mode, seeds)
         meta = encode_metadata(svc.backend.config, svc.backend.checkpoint_sha256, mode, seeds,
                                [name for name, _ in files], infos)
         data, media = await run_in_threadpool(codecs.latents_body, latents, fmt, LATENT_DTYPES[dtype], meta)
@@ -164,10 +163,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         infos, names = fit_infos(meta, n, s.max_pixels), image_names(meta)
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
-        images = await svc.submit(DECODE, (steps, *latents.shape[1:]), latents, seeds)
-        svc.metrics.images_decoded.inc(n)
-        for _ in range(n):
-            svc.metrics.decode_steps.observe(steps)
+        images = await svc.decode(latents, steps, seeds)
         out_meta = {"model": spec.preset, "steps": steps, "seeds": seeds}
         rgbs = await run_in_threadpool(to_uint8, images)
         data, media, filename = await run_in_threadpool(codecs.images_body, rgbs, infos, names, fmt, quality,

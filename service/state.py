@@ -135,6 +135,23 @@ class ServiceState:
     async def submit(self, op: str, key: Hashable, inputs: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         return await self.batchers[op].submit(key, inputs, seeds, self.settings.request_timeout_s)
 
+    # One entry point per operation for every protocol (native routes, Open Inference Protocol), so
+    # batching, admission and the image counters apply alike whatever the request's wire format.
+    async def encode(self, images: torch.Tensor, mode: str, seeds: list[int]) -> torch.Tensor:
+        """images float [N, 3, H, W] in [-1, 1] -> latents [N, c, H/f, W/f]."""
+        n, _, h, w = images.shape
+        latents = await self.submit(ENCODE, (mode, h, w), images, seeds)
+        self.metrics.images_encoded.inc(n)
+        return latents
+
+    async def decode(self, latents: torch.Tensor, steps: int, seeds: list[int]) -> torch.Tensor:
+        """latents [N, c, h, w] -> images float [N, 3, h*f, w*f] in [-1, 1] (item i seeded seeds[i])."""
+        images = await self.submit(DECODE, (steps, *latents.shape[1:]), latents, seeds)
+        self.metrics.images_decoded.inc(len(latents))
+        for _ in range(len(latents)):
+            self.metrics.decode_steps.observe(steps)
+        return images
+
     # Worker-thread batch functions: key = (mode, H, W) for encode, (steps, c, h, w) for decode.
     def _encode_batch(self, key: Hashable, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         return self.backend.encode(images, key[0], seeds)
