@@ -485,7 +485,7 @@ async function decodeOnce(latents, seed, nSteps) {
   addTile(q, "/decode");
   const started = performance.now();
   const res = await api(`/decode?${q}`, { method: "POST", body: latents.bytes, headers: { "Content-Type": latents.type } });
-  const blob = await res.blob();
+  const blob = new Blob([await res.arrayBuffer()], { type: res.headers.get("Content-Type") || "image/png" });
   return { blob, seed: res.headers.get("X-DGAE-Seeds"), steps: res.headers.get("X-DGAE-Steps"),
     ms: serverMs(res, "decode"), roundTripMs: performance.now() - started };
 }
