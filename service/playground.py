@@ -16,8 +16,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from dgae.errors import ConfigError
 
@@ -44,6 +45,16 @@ class PlaygroundConfig(BaseModel):
 
 
 class _StaticWithHeaders(StaticFiles):
+    """StaticFiles + SECURITY_HEADERS; requests are labelled with the mount (route="/static" in the
+    request metrics, instead of "unmatched")."""
+
+    mount: Mount | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.mount is not None:
+            scope["route"] = self.mount
+        await super().__call__(scope, receive, send)
+
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update(SECURITY_HEADERS)
@@ -66,4 +77,6 @@ def install_playground(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
         keys = request.app.state.service.settings.api_keys
         return JSONResponse(PlaygroundConfig(auth_required=bool(keys)).model_dump(), headers=SECURITY_HEADERS)
 
-    app.mount(STATIC_PREFIX, _StaticWithHeaders(directory=static_dir), name=STATIC_ROUTE_NAME)
+    static = _StaticWithHeaders(directory=static_dir)
+    static.mount = Mount(STATIC_PREFIX, app=static, name=STATIC_ROUTE_NAME)
+    app.router.routes.append(static.mount)

@@ -143,3 +143,12 @@ def test_server_timing_on_encode_and_decode(client):
     assert dec.status_code == 200, dec.text
     m = re.fullmatch(r'decode;dur=(\d+\.\d);desc="queue \+ model"', dec.headers["server-timing"])
     assert m and float(m.group(1)) > 0
+
+
+def test_static_requests_are_counted_under_the_mount(client):
+    client.get("/static/playground.css")
+    client.get("/static/missing.css")
+    text = client.get("/metrics").text
+    assert 'dgae_requests_total{route="/static",status="200"}' in text
+    assert 'dgae_requests_total{route="/static",status="404"}' in text
+    assert 'route="/static/playground.css"' not in text
