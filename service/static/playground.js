@@ -571,7 +571,8 @@ async function decodeAgain() {
 async function variability() {
   const nSteps = steps();
   setBusy(`Decoding with ${VARIABILITY_SEEDS} seeds…`);
-  const base = randomSeed();
+  const fixed = seedFromField();
+  const base = fixed === null ? randomSeed() : Number(fixed); // the seed field makes the map reproducible
   const results = await Promise.all(Array.from({ length: VARIABILITY_SEEDS },
     (_, i) => decodeOnce(state.latents, base + i, nSteps)));
   const scratch = document.createElement("canvas");
