@@ -28,7 +28,7 @@ NETWORK_LOG_PREFIX = "Failed to load resource: the server responded with a statu
 def chromium_path() -> str | None:
     explicit = os.environ.get(CHROMIUM_ENV)
     if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
+        return explicit  # checked in launch(): a wrong explicit path fails, it does not skip
     for name in CHROMIUM_NAMES:
         found = shutil.which(name)
         if found:
@@ -37,21 +37,28 @@ def chromium_path() -> str | None:
 
 
 def browser_unavailable() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    if importlib.util.find_spec("playwright") is None:
-        return "playwright is not installed (pip install -e '.[dev]')"
+    """Why the browser tests cannot run here (no chromium binary), or None. A missing Playwright is
+    not a reason to skip: it is a dev dependency, so its absence fails the tests (see ``launch``)."""
     if chromium_path() is None:
-        where = os.environ.get(CHROMIUM_ENV)
-        return (f"${CHROMIUM_ENV}={where} is not an executable" if where else
-                f"no chromium on PATH (tried {', '.join(CHROMIUM_NAMES)}): apt-get install chromium, "
-                f"or set ${CHROMIUM_ENV}")
+        return (f"no chromium on PATH (tried {', '.join(CHROMIUM_NAMES)}): apt-get install chromium "
+                f"(.ci/run does), or set ${CHROMIUM_ENV}")
     return None
+
+
+def sync_playwright():
+    if importlib.util.find_spec("playwright") is None:
+        pytest.fail("playwright is not installed: pip install -e '.[dev]' (the browser itself comes from apt)")
+    from playwright.sync_api import sync_playwright as start  # noqa: PLC0415 - dev extra
+
+    return start()
 
 
 def launch(playwright):
     path = chromium_path()
     if path is None:
         pytest.skip(browser_unavailable())
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"${CHROMIUM_ENV}={path} is not an executable")
     return playwright.chromium.launch(executable_path=path)
 
 

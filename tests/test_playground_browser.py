@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.numpy import load as st_load
 
 from dgae.checkpoint import BUNDLED_CHECKPOINT
-from playground_browser import ConsoleLog, browser_unavailable, launch, psnr, rgb
+from playground_browser import ConsoleLog, browser_unavailable, launch, psnr, rgb, sync_playwright
 from service_cases import API_KEY, AUTH, serve
 
 pytestmark = [pytest.mark.server, pytest.mark.skipif(browser_unavailable() is not None,
@@ -75,8 +75,6 @@ def tile_routes(server) -> set[str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - dev extra
-
     with sync_playwright() as p:
         b = launch(p)
         yield b

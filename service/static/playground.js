@@ -17,6 +17,11 @@ const RATIO_DECIMALS = 1;
 const BYTES_PER_VALUE = { F32: 4, F16: 2 };
 const LATENT_TYPES = { json: "application/json", npy: "application/x-npy", safetensors: "application/x-safetensors" };
 const NPY_MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
+// .npy: magic, major, minor, then the header length (uint16 in v1, uint32 in v2+), then the header
+const NPY_LEN_AT = NPY_MAGIC.length + 2;
+const NPY_V1 = 1;
+const NPY_V1_LEN_BYTES = 2;
+const NPY_V2_LEN_BYTES = 4;
 const SAFETENSORS_HEADER_BYTES = 8;
 const F16 = { EXP_BITS: 0x1f, EXP_SHIFT: 10, FRAC_MASK: 0x3ff, BIAS: 15, FRAC_SCALE: 1024, SUBNORMAL: 2 ** -14 };
 // inferno colour map anchors (matplotlib), interpolated to 256 entries
@@ -281,7 +286,8 @@ function parseSafetensors(bytes) {
 function parseNpy(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const major = bytes[NPY_MAGIC.length];
-  const [len, at] = major === 1 ? [view.getUint16(8, true), 10] : [view.getUint32(8, true), 12];
+  const [len, at] = major === NPY_V1 ? [view.getUint16(NPY_LEN_AT, true), NPY_LEN_AT + NPY_V1_LEN_BYTES] :
+    [view.getUint32(NPY_LEN_AT, true), NPY_LEN_AT + NPY_V2_LEN_BYTES];
   const header = new TextDecoder().decode(bytes.subarray(at, at + len));
   const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
   if (/'fortran_order':\s*True/.test(header)) return null;
