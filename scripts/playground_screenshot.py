@@ -78,7 +78,7 @@ def main() -> int:
                 browser = pw.chromium.launch(executable_path=args.chromium)
                 page = browser.new_page(viewport=VIEWPORT)
                 page.goto(url + "/")
-                page.wait_for_function("document.body.dataset.state === 'ready'", timeout=OP_TIMEOUT_MS)
+                page.wait_for_function("() => document.body.dataset.state === 'ready'", timeout=OP_TIMEOUT_MS)
                 page.fill("#seed", args.seed)
                 before = int(page.get_attribute("body", "data-runs") or 0)
                 page.click(f"button[data-sample='{args.sample}']")

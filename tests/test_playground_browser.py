@@ -106,6 +106,8 @@ def big_photo(tmp_path_factory) -> Path:
     return photo_file(tmp_path_factory.mktemp("photos"), "too_big.png", BIG_SIZE)
 
 
+# wait_for_function gets arrow functions, never bare expressions: Playwright evaluates expressions with
+# eval(), which the page's Content-Security-Policy (script-src 'self') rightly refuses.
 def runs(page) -> int:
     return int(page.get_attribute("body", "data-runs") or 0)
 
@@ -126,10 +128,17 @@ def page_error(page) -> str:
     return page.inner_text("#error") if page.is_visible("#error") else "(no error shown)"
 
 
-def open_page(browser, server, viewport=DESK):
+def new_page(browser, viewport=DESK):
+    """A page in its own context (no shared state), with every wait bounded by OP_TIMEOUT_MS."""
     context = browser.new_context(viewport=viewport, accept_downloads=True)
+    context.set_default_timeout(OP_TIMEOUT_MS)
     page = context.new_page()
-    log = ConsoleLog(page)
+    return page, ConsoleLog(page)
+
+
+def open_page(browser, server, viewport=DESK):
+    """The page, authenticated with the server's key and ready."""
+    page, log = new_page(browser, viewport)
     page.goto(server.url + "/")
     wait_state(page, "auth")
     page.fill("#api-key", API_KEY)
@@ -287,8 +296,7 @@ def test_oversized_image_shows_the_services_413_message(browser, server, big_pho
 
 
 def test_asks_for_the_api_key_and_shows_the_services_401_message(browser, server):
-    page = browser.new_page(viewport=DESK)
-    log = ConsoleLog(page)
+    page, log = new_page(browser)
     api_calls = []
     page.on("request", lambda r: api_calls.append(path_of(r.url))
             if path_of(r.url) in ("/v1/model", "/encode", "/decode") else None)
@@ -308,6 +316,22 @@ def test_asks_for_the_api_key_and_shows_the_services_401_message(browser, server
     assert not page.is_visible("#auth")
     assert page.is_enabled("#steps") and page.get_attribute("#steps", "max")
     log.assert_clean((401, "/v1/model"))
+
+
+def test_image_chosen_before_the_key_waits_for_it(browser, server, photo):
+    page, log = new_page(browser)
+    page.goto(server.url + "/")
+    wait_state(page, "auth")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Image loaded')")
+    assert page.get_attribute("body", "data-state") == "auth" and page.is_disabled("#run")
+    page.fill("#api-key", API_KEY)
+    page.press("#api-key", "Enter")
+    wait_state(page, "ready")
+    with page.expect_response(lambda r: path_of(r.url) == "/decode") as dec:
+        assert run_and_wait(page, lambda: page.click("#run")) == "done", page_error(page)
+    assert_psnr_matches(page, photo.read_bytes(), dec.value.body())
+    log.assert_clean()
 
 
 def test_phone_width_labels_and_no_horizontal_scroll(browser, server, photo, shots):

@@ -563,8 +563,15 @@ async function useImage(blob, name) {
   state.original.image = image;
   $("image-size").textContent = image ? `${image.width}×${image.height}` : "the browser cannot show this file";
   if (!image) clearCanvas("original");
-  if (state.model) await roundTrip();
-  else enableButtons();
+  if (state.model) {
+    await roundTrip();
+    return;
+  }
+  const needsKey = !$("auth").hidden;
+  document.body.dataset.state = needsKey ? "auth" : "error";
+  $("status").textContent = needsKey ? "Image loaded: enter the API key, then press “Encode and decode”." :
+    "Image loaded, but the service is not connected; reload the page to retry.";
+  enableButtons();
 }
 
 async function decodeAgain() {
@@ -578,9 +585,11 @@ async function variability() {
   const nSteps = steps();
   setBusy(`Decoding with ${VARIABILITY_SEEDS} seeds…`);
   const fixed = seedFromField();
-  const base = fixed === null ? randomSeed() : Number(fixed); // the seed field makes the map reproducible
+  // the seed field makes the map reproducible; BigInt: seeds may exceed 2^53
+  const base = BigInt(fixed === null ? randomSeed() : fixed);
+  const last = base + BigInt(VARIABILITY_SEEDS - 1);
   const results = await Promise.all(Array.from({ length: VARIABILITY_SEEDS },
-    (_, i) => decodeOnce(state.latents, base + i, nSteps)));
+    (_, i) => decodeOnce(state.latents, base + BigInt(i), nSteps)));
   const scratch = document.createElement("canvas");
   const images = [];
   for (const r of results) {
@@ -591,7 +600,7 @@ async function variability() {
   const values = spread(images);
   const mean = values.reduce((a, b) => a + b, 0) / values.length;
   drawHeat($("variability"), images[0].width, images[0].height, values, $("vary-scale"), "levels");
-  $("vary-scale").textContent += `; seeds ${base}…${base + VARIABILITY_SEEDS - 1}, mean ${mean.toFixed(2)} levels`;
+  $("vary-scale").textContent += `; seeds ${base}…${last}, mean ${mean.toFixed(2)} levels`;
   $("variability-figure").hidden = false;
   setDone(`Variability across ${VARIABILITY_SEEDS} seeds shown.`);
 }
