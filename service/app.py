@@ -21,6 +21,7 @@ from backends.base import Backend
 
 from . import codecs
 from .errors import ERROR_CODE_SCOPE_KEY, install_handlers, openapi_errors
+from .playground import install_playground
 from .routes import build_router, require_api_key, service
 from .settings import ServiceSettings
 from .state import ServiceState
@@ -111,6 +112,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(build_router(spec))
     install_v2(app, spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
+    install_playground(app)
 
     @app.get("/healthz", response_model=Health, summary="Liveness")
     async def healthz() -> Health:
