@@ -212,6 +212,12 @@ class Wrapped(Backend):
         self.hook("decode", latents)
         return self.inner.decode(latents, steps, seeds)
 
+    def encoder_moments(self, images):
+        return self.inner.encoder_moments(images)
+
+    def denoise(self, buf, t):
+        return self.inner.denoise(buf, t)
+
     def info(self):
         return self.inner.info()
 
@@ -301,6 +307,12 @@ class ConfigOnly(Backend):
         raise NotImplementedError
 
     def decode(self, latents, steps=None, seeds=None):
+        raise NotImplementedError
+
+    def encoder_moments(self, images):
+        raise NotImplementedError
+
+    def denoise(self, buf, t):
         raise NotImplementedError
 
     def info(self):
