@@ -177,6 +177,9 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(DGAEError, on_dgae_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Allocation failures surface as these; handled like any typed error (answered, not re-raised to the server).
+    app.add_exception_handler(MemoryError, on_unexpected)
+    app.add_exception_handler(RuntimeError, on_unexpected)
     app.add_exception_handler(Exception, on_unexpected)
 
 
