@@ -23,8 +23,10 @@ from dgae.errors import BackendError, CheckpointError, ConfigError, DGAEError, I
 log = logging.getLogger(__name__)
 
 # Allocation failures by message: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory",
-# "not enough memory" on Windows), CUDA ("out of memory"), ONNX Runtime ("Failed to allocate memory").
-OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate memory")
+# "not enough memory" on Windows), CUDA ("out of memory"), ONNX Runtime ("Failed to allocate memory"),
+# the OS (ENOMEM: "Cannot allocate memory").
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+               "failed to allocate memory")
 
 
 class ServiceError(DGAEError):

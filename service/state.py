@@ -37,6 +37,7 @@ ENCODE, DECODE = "encode", "decode"
 OPERATIONS = (ENCODE, DECODE)
 WARMUP_STEPS = 1
 WARMUP_SEED = 0
+WORKER_EXIT_GRACE_S = 1.0  # after the deadline, idle worker threads still get this long to exit
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class ServiceState:
         joins = [loop.run_in_executor(None, executor.shutdown, True) for executor in self.executors.values()]
         if not joins:
             return True
-        _, busy = await asyncio.wait(joins, timeout=max(timeout_s, 0))
+        _, busy = await asyncio.wait(joins, timeout=max(timeout_s, WORKER_EXIT_GRACE_S))
         return not busy
 
     async def _load(self) -> None:

@@ -189,7 +189,8 @@ def test_is_out_of_memory():
 
     for exc in (torch.OutOfMemoryError("x"), RuntimeError("CUDA error: out of memory"), MemoryError(),
                 RuntimeError(CPU_ALLOCATOR_MESSAGE), RuntimeError("DefaultCPUAllocator: not enough memory"),
-                OrtRuntimeException("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer")):
+                OrtRuntimeException("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"),
+                OSError(12, "Cannot allocate memory")):
         assert is_out_of_memory(exc), exc
     for exc in (RuntimeError("shape mismatch"), InputError("latents: out of memory is not an input problem"),
                 ValueError("bad value")):
