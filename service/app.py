@@ -3,7 +3,9 @@
 Startup returns at once and loads the model in the background (``/healthz`` answers meanwhile,
 ``/readyz`` turns 200 after load + warm-up). Health, readiness and metrics are never refused:
 they bypass auth and the batch queues. A pure-ASGI middleware counts every request by route
-template and status (unmatched paths share one label, so bad URLs cannot blow up cardinality).
+template and status (unmatched paths share one label, so bad URLs cannot blow up cardinality);
+two more release each exchange's admission reservation (service.admission) and drop the work of
+clients that disconnect (service.disconnect).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Backend
 
 from . import codecs
+from .admission import AdmissionMiddleware
+from .disconnect import CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, DISCONNECTED_SCOPE_KEY, DisconnectMiddleware
 from .errors import ERROR_CODE_SCOPE_KEY, install_handlers, openapi_errors
 from .playground import install_playground
 from .routes import build_router, require_api_key, service
@@ -82,6 +86,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            if scope.get(DISCONNECTED_SCOPE_KEY):
+                status = CLIENT_CLOSED_STATUS
+                scope[ERROR_CODE_SCOPE_KEY] = CLIENT_DISCONNECTED
             route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
             m = self.state.metrics
             m.requests.labels(route, str(status)).inc()
@@ -108,7 +115,11 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                   description="Images to latents and back with a diffusion-guided autoencoder. Errors are "
                               '`{"error": {"code", "message"}}`; see the README for the error table.')
     app.state.service = state
-    install_handlers(app)
+    install_handlers(app, settings.retry_after_s)
+    # Outermost last: metrics see the final status (499 for a client gone), reservations are released
+    # after the handler ends, however it ends.
+    app.add_middleware(DisconnectMiddleware)
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(build_router(spec))
     install_v2(app, spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
@@ -142,7 +153,9 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         s = svc.settings
         limits = {"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "queue_size": s.queue_size,
                   "request_timeout_s": s.request_timeout_s, "max_body_bytes": s.max_body_bytes,
-                  "max_pixels": s.max_pixels, "max_items": s.max_items, "max_json_values": s.max_json_values}
+                  "max_pixels": s.max_pixels, "max_request_pixels": s.max_request_pixels,
+                  "inflight_pixels": s.inflight_pixels, "max_items": s.max_items,
+                  "max_json_values": s.max_json_values}
         return ModelInfo(preset=spec.preset, downsample_factor=spec.f, latent_channels=spec.c,
                          checkpoint_sha256=svc.backend.checkpoint_sha256, backend=info.name, device=info.device,
                          precision=info.precision, providers=list(info.providers),

@@ -1,4 +1,4 @@
-"""``POST /encode`` and ``POST /decode``: parse, validate, queue on the batcher, encode the answer.
+"""``POST /encode`` and ``POST /decode``: parse, validate, admit by cost, queue on the batcher, encode the answer.
 
 Everything CPU-heavy (image decoding, tensor parsing, PNG encoding) runs in the thread pool;
 model work runs in the backend's worker thread via the batcher, so the event loop stays free.
@@ -125,6 +125,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         s = svc.settings
         body = await codecs.read_body(request, s.max_body_bytes)
         files = await codecs.image_files(request, body, s.max_items)
+        svc.admission.admit(request, ENCODE, await run_in_threadpool(codecs.image_pixels, files, s.max_pixels))
         rgbs, infos = await run_in_threadpool(codecs.decode_images, files, spec.f, fit, s.max_pixels)
         n, (h, w) = len(rgbs), rgbs[0].shape[:2]
         values = n * spec.c * (h // spec.f) * (w // spec.f)
@@ -173,6 +174,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
         n = len(latents)
         infos, names = fit_infos(meta, n, s.max_pixels), image_names(meta)
+        svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, infos))
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
         started = time.perf_counter()

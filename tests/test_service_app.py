@@ -218,6 +218,12 @@ class Wrapped(Backend):
     def denoise(self, buf, t):
         return self.inner.denoise(buf, t)
 
+    def encoder_moments(self, images):
+        return self.inner.encoder_moments(images)
+
+    def denoise(self, buf, t):
+        return self.inner.denoise(buf, t)
+
     def info(self):
         return self.inner.info()
 
@@ -302,6 +308,12 @@ class ConfigOnly(Backend):
 
     def __init__(self):
         self.config = get_preset("tiny")
+
+    def encoder_moments(self, images):
+        raise NotImplementedError
+
+    def denoise(self, buf, t):
+        raise NotImplementedError
 
     def encoder_moments(self, images):
         raise NotImplementedError
