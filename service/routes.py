@@ -23,7 +23,7 @@ from dgae.sampler import resolve_seeds
 
 from . import codecs
 from .errors import ParameterError, Unauthorized, openapi_errors
-from .state import ModelSpec, ServiceState
+from .state import DECODE, ENCODE, ModelSpec, ServiceState
 
 SEED_PATTERN = r"^[0-9]{1,19}(,[0-9]{1,19})*$"
 DEFAULT_QUALITY = 95

@@ -218,12 +218,6 @@ class Wrapped(Backend):
     def denoise(self, buf, t):
         return self.inner.denoise(buf, t)
 
-    def encoder_moments(self, images):
-        return self.inner.encoder_moments(images)
-
-    def denoise(self, buf, t):
-        return self.inner.denoise(buf, t)
-
     def info(self):
         return self.inner.info()
 

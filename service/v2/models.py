@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 import numpy as np
 import torch
 from fastapi.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from dgae.config import DGAEConfig
 from dgae.errors import InputError, TooLargeError
@@ -29,7 +30,7 @@ from dgae.sampler import resolve_seeds
 from .. import codecs
 from ..errors import ParameterError
 from ..routes import parse_seeds
-from ..state import ModelSpec, ServiceState
+from ..state import DECODE, ENCODE, ModelSpec, ServiceState
 from .tensors import BINARY_DATA_OUTPUT, InferRequest, InferResponse, RequestedOutput, check_json_output
 
 ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
@@ -65,7 +66,9 @@ class TensorSpec:
             raise InputError(f"input {self.name!r} has an empty dimension {list(shape)}")
 
 
-Infer = Callable[[ServiceState, InferRequest, dict[str, bool]], Awaitable[tuple[dict[str, np.ndarray], dict]]]
+# run(service, http request (for admission), parsed request, {output: binary}) -> (arrays, parameters)
+Infer = Callable[[ServiceState, Request, InferRequest, dict[str, bool]],
+                 Awaitable[tuple[dict[str, np.ndarray], dict]]]
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ class V2Model:
                 raise InputError(f"{self.name} has no output {out.name!r} (outputs: {', '.join(names)})")
         return {o.name: o.binary for o in wanted}
 
-    async def infer(self, svc: ServiceState, req: InferRequest) -> InferResponse:
+    async def infer(self, svc: ServiceState, request: Request, req: InferRequest) -> InferResponse:
         binary = self.validate(req)
-        arrays, parameters = await self.run(svc, req, binary)
+        arrays, parameters = await self.run(svc, request, req, binary)
         return InferResponse(self.name, VERSION, [(name, arrays[name], b) for name, b in binary.items()],
                              parameters, req.id)
 
@@ -169,12 +172,13 @@ def _image_tensor(req: InferRequest, config: DGAEConfig, max_items: int, max_pix
 
 
 def _encoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: ServiceState, req: InferRequest, binary: dict[str, bool]):
+    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
         s = svc.settings
         mode = _choice(req.parameters, "mode", ENCODE_MODES, ENCODE_MODES[0])
         dtype = LATENT_DATATYPES[_choice(req.parameters, "dtype", tuple(LATENT_DATATYPES), "FP32")]
         images = await run_in_threadpool(_image_tensor, req, svc.backend.config, s.max_items, s.max_pixels)
         n, _, h, w = images.shape
+        svc.admission.admit(request, ENCODE, n * h * w)  # the same cost admission as /encode
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
         seeds = parse_seeds(_seed_text(req.parameters), n) if mode == "sample" else [MEAN_MODE_SEED] * n
         latents = await svc.encode(images, mode, seeds)
@@ -203,7 +207,7 @@ def _decode_seeds(req: InferRequest, n: int) -> list[int]:
 
 
 def _decoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: ServiceState, req: InferRequest, binary: dict[str, bool]):
+    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
         s = svc.settings
         steps = req.parameters.get("steps", spec.default_steps)
         if type(steps) is not int or not 1 <= steps <= spec.max_steps:
@@ -211,6 +215,7 @@ def _decoder(spec: ModelSpec) -> V2Model:
         latents = torch.from_numpy(np.array(req.inputs["latents"].array, dtype=np.float32))
         codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
         n, _, h, w = latents.shape
+        svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
         seeds = _decode_seeds(req, n)
         images = await svc.decode(latents, steps, seeds)

@@ -205,7 +205,7 @@ async def _infer(models: dict[str, V2Model], request: Request, model_name: str, 
     body = tensors.decompress(body, request.headers.get("content-encoding"), s.max_body_bytes)
     length = tensors.header_length(request.headers.get(tensors.HEADER_LENGTH), len(body))
     req = await run_in_threadpool(tensors.parse_request, body, length, s.max_json_values)
-    response = await model.infer(svc, req)
+    response = await model.infer(svc, request, req)
     data, headers, media = await run_in_threadpool(tensors.encode_response, response)
     log.debug("%s: %s -> %d bytes", model.name, ", ".join(f"{t.name}{list(t.shape)}" for t in req.inputs.values()),
               len(data))
