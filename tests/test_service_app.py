@@ -309,12 +309,6 @@ class ConfigOnly(Backend):
     def denoise(self, buf, t):
         raise NotImplementedError
 
-    def encoder_moments(self, images):
-        raise NotImplementedError
-
-    def denoise(self, buf, t):
-        raise NotImplementedError
-
     def info(self):
         raise NotImplementedError
 
