@@ -9,6 +9,7 @@ clients that disconnect (service.disconnect).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -63,7 +64,9 @@ class ModelInfo(BaseModel):
     precision: str
     providers: list[str]
     steps: StepsRange
+    backend_reason: str  # why this runtime serves (backend=auto: the faster ones skipped and why)
     limits: dict[str, int | float]
+    tiling: dict[str, int]  # tile and overlap sizes in pixels (requests choose tile=auto|off)
     formats: dict[str, list[str]]
 
 
@@ -160,6 +163,8 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                          checkpoint_sha256=svc.backend.checkpoint_sha256, backend=info.name, device=info.device,
                          precision=info.precision, providers=list(info.providers),
                          steps=StepsRange(min=1, max=spec.max_steps, default=spec.default_steps), limits=limits,
+                         backend_reason=getattr(svc.backend, "auto_reason", "") or f"backend={s.backend} was requested",
+                         tiling=dataclasses.asdict(svc.backend.config.tiling),
                          formats={"encode": ["safetensors", "npy", "json"],
                                   "decode": [*codecs.IMAGE_FORMATS, "safetensors", "npy"]})
 

@@ -28,6 +28,8 @@ from .state import DECODE, ENCODE, ModelSpec, ServiceState
 SEED_PATTERN = r"^[0-9]{1,19}(,[0-9]{1,19})*$"
 DEFAULT_QUALITY = 95
 MAX_QUALITY = 100
+TILE_DOC = ("auto: images larger than the model's tile are processed as overlapping, blended tiles "
+            "(bounded memory, linear time); off: in one piece (may run out of memory on large images)")
 LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 H_SEEDS, H_STEPS, H_MODEL, H_SHA, H_MODE, H_SHAPE = (
     "X-DGAE-Seeds", "X-DGAE-Steps", "X-DGAE-Model", "X-DGAE-Checkpoint-Sha256", "X-DGAE-Mode", "X-DGAE-Shape")
@@ -113,6 +115,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         seed: str | None = Query(None, pattern=SEED_PATTERN,
                                  description="mode=sample: one int s (image i uses s+i) or one per image, "
                                              "comma-separated; random when absent (see X-DGAE-Seeds)"),
+        tile: Literal["auto", "off"] = Query("auto", description=TILE_DOC),
         fit: Literal["error", "pad", "crop", "resize"] = Query(
             "pad", description=f"sides not a multiple of f={spec.f}: refuse, pad (decode crops back), "
                                "centre-crop, or resize"),
@@ -135,7 +138,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         seeds = parse_seeds(seed, n) if mode == "sample" else [0] * n
         images = await run_in_threadpool(to_tensor, rgbs)
         started = time.perf_counter()
-        latents = await svc.encode(images, mode, seeds)
+        latents = await svc.encode(images, mode, seeds, tile)
         timing = _timing(ENCODE, started)
         meta = encode_metadata(svc.backend.config, svc.backend.checkpoint_sha256, mode, seeds,
                                [name for name, _ in files], infos)
@@ -155,6 +158,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
                             **errors})
     async def decode(
         request: Request,
+        tile: Literal["auto", "off"] = Query("auto", description=TILE_DOC),
         steps: int | None = Query(None, ge=1, le=spec.max_steps,
                                   description=f"sampler steps, 1..{spec.max_steps} (default {spec.default_steps})"),
         seed: str | None = Query(None, pattern=SEED_PATTERN,
@@ -178,7 +182,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
         started = time.perf_counter()
-        images = await svc.decode(latents, steps, seeds)
+        images = await svc.decode(latents, steps, seeds, tile)
         timing = _timing(DECODE, started)
         out_meta = {"model": spec.preset, "steps": steps, "seeds": seeds}
         rgbs = await run_in_threadpool(to_uint8, images)

@@ -165,24 +165,24 @@ class ServiceState:
 
     # One entry point per operation for every protocol (native routes, Open Inference Protocol), so
     # batching, admission and the image counters apply alike whatever the request's wire format.
-    async def encode(self, images: torch.Tensor, mode: str, seeds: list[int]) -> torch.Tensor:
-        """images float [N, 3, H, W] in [-1, 1] -> latents [N, c, H/f, W/f]."""
+    async def encode(self, images: torch.Tensor, mode: str, seeds: list[int], tile: str = "auto") -> torch.Tensor:
+        """images float [N, 3, H, W] in [-1, 1] -> latents [N, c, H/f, W/f] (tiled when larger than a tile)."""
         n, _, h, w = images.shape
-        latents = await self.submit(ENCODE, (mode, h, w), images, seeds)
+        latents = await self.submit(ENCODE, (mode, h, w, tile), images, seeds)
         self.metrics.images_encoded.inc(n)
         return latents
 
-    async def decode(self, latents: torch.Tensor, steps: int, seeds: list[int]) -> torch.Tensor:
+    async def decode(self, latents: torch.Tensor, steps: int, seeds: list[int], tile: str = "auto") -> torch.Tensor:
         """latents [N, c, h, w] -> images float [N, 3, h*f, w*f] in [-1, 1] (item i seeded seeds[i])."""
-        images = await self.submit(DECODE, (steps, *latents.shape[1:]), latents, seeds)
+        images = await self.submit(DECODE, (steps, *latents.shape[1:], tile), latents, seeds)
         self.metrics.images_decoded.inc(len(latents))
         for _ in range(len(latents)):
             self.metrics.decode_steps.observe(steps)
         return images
 
-    # Worker-thread batch functions: key = (mode, H, W) for encode, (steps, c, h, w) for decode.
+    # Worker-thread batch functions: key = (mode, H, W, tile) for encode, (steps, c, h, w, tile) for decode.
     def _encode_batch(self, key: Hashable, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        return self.backend.encode(images, key[0], seeds)
+        return self.backend.encode(images, key[0], seeds, tile=key[-1])
 
     def _decode_batch(self, key: Hashable, latents: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        return self.backend.decode(latents, key[0], seeds)
+        return self.backend.decode(latents, key[0], seeds, tile=key[-1])

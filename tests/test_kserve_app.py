@@ -209,13 +209,13 @@ def with_hook(backend: TorchBackend, hook) -> TorchBackend:
     """The backend with ``hook(op, tensor)`` run before each encode/decode (block, sleep or raise)."""
     encode, decode = backend.encode, backend.decode
 
-    def hooked_encode(images, mode="mean", seeds=None):
+    def hooked_encode(images, mode="mean", seeds=None, tile="auto"):
         hook("encode", images)
-        return encode(images, mode, seeds)
+        return encode(images, mode, seeds, tile)
 
-    def hooked_decode(latents, steps=None, seeds=None):
+    def hooked_decode(latents, steps=None, seeds=None, tile="auto"):
         hook("decode", latents)
-        return decode(latents, steps, seeds)
+        return decode(latents, steps, seeds, tile)
 
     backend.encode, backend.decode = hooked_encode, hooked_decode
     return backend

@@ -188,7 +188,8 @@ def test_metrics_cover_requests_failures_batches_and_images(client):
 def test_openapi_documents_parameters_limits_and_errors(client):
     doc = client.get("/openapi.json").json()
     enc, dec = doc["paths"]["/encode"]["post"], doc["paths"]["/decode"]["post"]
-    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format"}
+    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format", "tile"}
+    assert {p["name"] for p in dec["parameters"]} == {"steps", "seed", "format", "quality", "tile"}
     steps = next(p for p in dec["parameters"] if p["name"] == "steps")
     assert steps["schema"]["anyOf"][0]["maximum"] == 64
     assert {"400", "401", "413", "415", "422", "500", "503", "504"} <= set(dec["responses"])

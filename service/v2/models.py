@@ -26,6 +26,7 @@ from dgae.errors import InputError, TooLargeError
 from dgae.imageio import to_tensor, to_uint8
 from dgae.pipeline import ENCODE_MODES, check_images
 from dgae.sampler import resolve_seeds
+from dgae.tiling import TILE_MODES
 
 from .. import codecs
 from ..errors import ParameterError
@@ -175,13 +176,14 @@ def _encoder(spec: ModelSpec) -> V2Model:
     async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
         s = svc.settings
         mode = _choice(req.parameters, "mode", ENCODE_MODES, ENCODE_MODES[0])
+        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
         dtype = LATENT_DATATYPES[_choice(req.parameters, "dtype", tuple(LATENT_DATATYPES), "FP32")]
         images = await run_in_threadpool(_image_tensor, req, svc.backend.config, s.max_items, s.max_pixels)
         n, _, h, w = images.shape
         svc.admission.admit(request, ENCODE, n * h * w)  # the same cost admission as /encode
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
         seeds = parse_seeds(_seed_text(req.parameters), n) if mode == "sample" else [MEAN_MODE_SEED] * n
-        latents = await svc.encode(images, mode, seeds)
+        latents = await svc.encode(images, mode, seeds, tile)
         params = {"mode": mode, **({"seeds": _seeds_param(seeds)} if mode == "sample" else {})}
         return {"latents": latents.to(torch.float32).numpy().astype(dtype)}, params
 
@@ -190,7 +192,7 @@ def _encoder(spec: ModelSpec) -> V2Model:
                    inputs=(TensorSpec("images", {"UINT8": (DYNAMIC, DYNAMIC, DYNAMIC, RGB),
                                                  "FP32": (DYNAMIC, RGB, DYNAMIC, DYNAMIC)}),),
                    outputs=(TensorSpec("latents", {name: latent for name in LATENT_DATATYPES}),),
-                   parameters=("mode", "seed", "dtype"), run=run)
+                   parameters=("mode", "seed", "dtype", "tile"), run=run)
 
 
 # --- decoder ----------------------------------------------------------------------------------------
@@ -218,7 +220,8 @@ def _decoder(spec: ModelSpec) -> V2Model:
         svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
         seeds = _decode_seeds(req, n)
-        images = await svc.decode(latents, steps, seeds)
+        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
+        images = await svc.decode(latents, steps, seeds, tile)
         rgbs = await run_in_threadpool(to_uint8, images)
         return {"images": rgbs}, {"steps": steps, "seeds": _seeds_param(seeds)}
 
@@ -227,7 +230,7 @@ def _decoder(spec: ModelSpec) -> V2Model:
                    inputs=(TensorSpec("latents", {name: latent for name in LATENT_DATATYPES}),
                            TensorSpec("seeds", {"INT64": (DYNAMIC,)}, optional=True)),
                    outputs=(TensorSpec("images", {"UINT8": (DYNAMIC, DYNAMIC, DYNAMIC, RGB)}),),
-                   parameters=("steps", "seed"), run=run)
+                   parameters=("steps", "seed", "tile"), run=run)
 
 
 def build_models(spec: ModelSpec) -> dict[str, V2Model]:
