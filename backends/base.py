@@ -72,6 +72,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def info(self) -> BackendInfo: ...
 
+    def warmup_side(self) -> int:
+        """Side (pixels) of the square image a warm-up encode + decode uses: the smallest size this
+        runtime accepts (a runtime with a fixed shape range, e.g. TensorRT profiles, overrides it)."""
+        return self.config.size_multiple
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (sessions, engines, streams)."""
 

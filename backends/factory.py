@@ -6,7 +6,8 @@ skipped. ``device`` narrows it: ``cpu`` considers only CPU runtimes, ``cuda[:N]`
 ``auto`` (or None) both.
 
 Options (keyword arguments):
-- torch: ``compile`` (bool, torch.compile the encoder and denoiser).
+- torch: ``compile`` (bool, torch.compile the encoder and denoiser), ``cuda_graph`` (bool, replay
+  each untiled decode as one captured CUDA graph, :mod:`backends.cuda_graph`; CUDA only).
 - onnxruntime: ``onnx_dir`` (an export from ``dgae export onnx``; when omitted the checkpoint is
   exported once into the cache, see :mod:`export.cache`), ``threads`` (intra-op threads, default
   all usable cores), ``use_unrolled`` (default True), ``tensorrt_ep`` (ORT's TensorRT provider).
@@ -30,6 +31,7 @@ from .base import Backend
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+TORCH_ONLY_OPTIONS = ("compile", "cuda_graph")  # ignored (with a log line) when auto picks another runtime
 CUDA_EP = "CUDAExecutionProvider"
 
 
@@ -106,9 +108,17 @@ def create_backend(kind: str, checkpoint: str | os.PathLike | None, device: str 
                    max_batch_size: int = 0, **options) -> Backend:
     if kind == "auto":
         chosen = choose_auto(device, **options)
+        if chosen.kind != "torch":
+            dropped = [k for k in TORCH_ONLY_OPTIONS if options.get(k)]
+            if dropped:
+                log.info("backend=auto chose %s: %s apply to the torch backend only and are ignored",
+                         chosen.label, ", ".join(dropped))
+            options = {k: v for k, v in options.items() if k not in TORCH_ONLY_OPTIONS}
         backend = create_backend(chosen.kind, checkpoint, chosen.device, precision, max_batch_size, **options)
         backend.auto_reason = f"{chosen.label}: {chosen.reason}"
         return backend
+    if kind in BACKENDS and kind != "torch" and options.get("cuda_graph"):
+        raise BackendError(f"cuda_graph applies to the torch backend only, not {kind!r}")
     if kind == "torch":
         from backends.torch_backend import TorchBackend  # noqa: PLC0415
 

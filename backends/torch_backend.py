@@ -61,4 +61,8 @@ class TorchBackend(Backend):
     def info(self) -> BackendInfo:
         name = "torch-compile" if self.compiled else "torch"
         return BackendInfo(name=name, device=str(self.device), precision=self.precision,
-                           max_batch_size=self.max_batch_size)
+                           max_batch_size=self.max_batch_size, extra={"cuda_graph": self._graphed is not None})
+
+    def close(self) -> None:
+        if self._graphed is not None:
+            self._graphed.close()

@@ -48,7 +48,7 @@ def build_settings(args: argparse.Namespace) -> ServiceSettings:
     try:
         return ServiceSettings(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"]))) for e in exc.errors())
         raise ConfigError(f"invalid service configuration: {problems}") from None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dgae.imageio import DEFAULT_MAX_PIXELS
@@ -19,6 +19,8 @@ MIB = 1 << 20
 DEFAULT_MAX_REQUEST_PIXELS = DEFAULT_MAX_PIXELS  # a request may hold as many pixels as one largest image
 INFLIGHT_LARGEST_REQUESTS = 2  # the default in-flight budget: two largest requests
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+CUDA_DEVICE_PREFIX = "cuda"
+CUDA_GRAPH_BACKENDS = ("torch", "auto")  # auto drops it when it picks another runtime (backends.factory)
 
 
 class ServiceSettings(BaseSettings):
@@ -30,6 +32,8 @@ class ServiceSettings(BaseSettings):
     device: str = Field("cpu", description="cpu | cuda[:N]")
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")
+    cuda_graph: bool = Field(False, description="torch backend on CUDA: replay each untiled decode as one "
+                                                "captured CUDA graph (a bounded number of shapes kept)")
     onnx_dir: str | None = Field(None, description="onnxruntime backend: a 'dgae export onnx' folder")
     engine_dir: str | None = Field(None, description="tensorrt backend: a 'dgae export tensorrt' folder")
     warmup: bool = Field(True, description="run one encode + decode before reporting ready")
@@ -86,6 +90,15 @@ class ServiceSettings(BaseSettings):
         if value not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         return value
+
+    @model_validator(mode="after")
+    def _check_cuda_graph(self) -> "ServiceSettings":
+        if self.cuda_graph and not self.device.startswith(CUDA_DEVICE_PREFIX):
+            raise ValueError(f"cuda_graph=true needs device cuda[:N], got device {self.device!r}")
+        if self.cuda_graph and self.backend not in CUDA_GRAPH_BACKENDS:
+            raise ValueError(f"cuda_graph=true applies to backend {' or '.join(CUDA_GRAPH_BACKENDS)}, "
+                             f"got backend {self.backend!r}")
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """The resolved configuration for logs (API keys replaced by their count)."""

@@ -49,7 +49,6 @@ class ModelSpec:
     c: int
     default_steps: int
     max_steps: int
-    warmup_side: int
 
     @classmethod
     def from_config(cls, cfg: DGAEConfig, settings: ServiceSettings) -> "ModelSpec":
@@ -57,8 +56,7 @@ class ModelSpec:
         default = settings.default_steps or min(cfg.sampler.default_steps, max_steps)
         if default > max_steps:
             raise ConfigError(f"default_steps {default} exceeds max_steps {max_steps}")
-        side = max(cfg.downsample_factor, cfg.decoder_multiple)
-        return cls(cfg.name, cfg.downsample_factor, cfg.latent_channels, default, max_steps, side)
+        return cls(cfg.name, cfg.downsample_factor, cfg.latent_channels, default, max_steps)
 
 
 class ServiceState:
@@ -144,15 +142,17 @@ class ServiceState:
         log.info("loading %s with backend %s on %s (%s)", self.checkpoint, s.backend, s.device, s.precision)
         paths = {k: v for k, v in (("onnx_dir", s.onnx_dir), ("engine_dir", s.engine_dir)) if v}
         return create_backend(s.backend, self.checkpoint, device=s.device, precision=s.precision,
-                              max_batch_size=s.max_batch_size, compile=s.compile, **paths)
+                              max_batch_size=s.max_batch_size, compile=s.compile, cuda_graph=s.cuda_graph,
+                              **paths)
 
     def _warmup_encode(self) -> torch.Tensor:
-        side = self.spec.warmup_side
+        side = self.backend.warmup_side()  # inside the runtime's accepted sizes (TensorRT profiles)
         return self.backend.encode(torch.zeros(1, IMAGE_CHANNELS, side, side), "mean", [WARMUP_SEED])
 
     def _warmup_decode(self, latents: torch.Tensor) -> None:
         self.backend.decode(latents, WARMUP_STEPS, [WARMUP_SEED])
-        log.info("warm-up done (%dx%d image)", self.spec.warmup_side, self.spec.warmup_side)
+        side = latents.shape[-1] * self.spec.f
+        log.info("warm-up done (%dx%d image)", side, side)
 
     # --- requests ---------------------------------------------------------------------------------
     def require_ready(self) -> None:
