@@ -139,10 +139,14 @@ def test_fixed_launch_configs_without_autotuning(monkeypatch):
         assert default in att._GPU_CONFIGS
     gpu = gn._pick(interpret=False)
     assert (gpu["BLOCK"], gpu["num_warps"]) in [(c.kwargs["BLOCK"], c.num_warps) for c in gn._gpu_configs()]
-    monkeypatch.setenv(common.AUTOTUNE_ENV, "1")
-    assert common.autotune_enabled() is torch.cuda.is_available()
-    monkeypatch.setenv(common.AUTOTUNE_ENV, "0")
-    assert not common.autotune_enabled()
+    # autotuning needs the switch, a CUDA driver and compiled (not interpreted) kernels; both
+    # variables are read on every launch, so each combination is checked here whatever the host
+    for autotune, interpret, cuda, expected in (("1", "0", True, True), ("1", "1", True, False),
+                                                ("1", "0", False, False), ("0", "0", True, False)):
+        monkeypatch.setenv(common.AUTOTUNE_ENV, autotune)
+        monkeypatch.setenv(common.INTERPRET_ENV, interpret)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert common.autotune_enabled() is expected, (autotune, interpret, cuda)
 
 
 def test_use_kernels_is_local_to_the_thread_and_leaves_the_environment_alone(monkeypatch):

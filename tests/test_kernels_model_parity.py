@@ -2,7 +2,7 @@
 CPU, real kernels on CUDA) equals the PyTorch-reference decode within 1e-4 relative."""
 import torch
 
-from kernel_cases import requires_triton
+from kernel_cases import DEVICE, requires_triton
 
 REL_TOL = 1e-4
 
@@ -14,7 +14,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @requires_triton
 def test_tiny_decode_triton_equals_reference(tiny_model, monkeypatch):
     torch.manual_seed(0)
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    images = (torch.rand(2, 3, 16, 16) * 2 - 1).to(DEVICE)
+    tiny_model.to(DEVICE)
     monkeypatch.setenv("DGAE_KERNELS", "reference")
     lat_ref = tiny_model.encode(images)
     ref = tiny_model.decode(lat_ref, steps=2, seeds=[5, 6])
@@ -34,5 +35,5 @@ def test_triton_path_is_really_taken(tiny_model, monkeypatch):
     real = gn.group_norm_silu_triton
     monkeypatch.setattr(gn, "group_norm_silu_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("DGAE_KERNELS", "triton")
-    tiny_model.decode(torch.randn(1, 4, 2, 2), steps=1, seeds=0)
+    tiny_model.to(DEVICE).decode(torch.randn(1, 4, 2, 2, device=DEVICE), steps=1, seeds=0)
     assert calls, "DGAE_KERNELS=triton did not route GroupNorm through the Triton kernel"
