@@ -8,6 +8,8 @@ under ``TRITON_INTERPRET=1`` (how CI tests the kernels). The variable is read on
 only, through a context variable: an in-process ONNX export tracing the references never changes
 the kernels a serving thread runs, and the process environment is never rewritten.
 
+Under ``torch.compile`` the references are traced in every mode (see :func:`use_triton`).
+
 The Triton kernels are forward-only (no backward). Whenever autograd would record a graph through
 a call (grad mode on and any input requiring grad, e.g. training), the reference runs instead,
 in every mode, so gradients are always correct.
@@ -54,7 +56,13 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
 
 
 def use_triton(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """True when the Triton kernel should handle ``t`` (and the op's other inputs ``others``)."""
+    """True when the Triton kernel should handle ``t`` (and the op's other inputs ``others``).
+
+    Never while ``torch.compile`` traces: Inductor fuses the PyTorch references itself, and reading
+    the selection (a ContextVar, which Dynamo cannot trace) would break the graph at every norm and
+    attention, leaving a compiled decoder that mostly runs eager."""
+    if torch.compiler.is_compiling():
+        return False
     mode = kernel_mode()
     if mode == "reference" or needs_autograd(t, *others):
         return False

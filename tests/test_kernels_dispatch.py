@@ -178,3 +178,17 @@ def test_use_kernels_is_local_to_the_thread_and_leaves_the_environment_alone(mon
     with pytest.raises(ValueError, match="use_kernels"):
         with kernels.use_kernels("fastest"):
             pass
+
+
+def test_compiled_decoder_traces_as_one_graph(tiny_model, monkeypatch):
+    """torch.compile must see the whole U-Net: the kernel selection (a ContextVar) used to break the
+    graph at every norm and attention, and the compiled decoder then ran mostly eager."""
+    for mode in ("auto", "triton", "reference"):
+        monkeypatch.setenv(_dispatch.ENV_VAR, mode)
+        torch._dynamo.reset()
+        traced = torch.compile(tiny_model.decoder.forward_buffer, fullgraph=True, backend="eager")
+        buf, t = torch.randn(1, 7, 16, 16, generator=torch.Generator().manual_seed(0)), torch.full((1,), 0.5)
+        with torch.no_grad(), kernels.use_kernels("reference"):
+            ref = tiny_model.decoder.forward_buffer(buf, t)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(buf, t), ref)
