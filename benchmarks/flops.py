@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+import kernels
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 
 TERA = 1e12
@@ -39,8 +40,8 @@ def decoder_pass_flops(config: DGAEConfig, height: int, width: int, batch: int =
         decoder = Decoder(config)
         buf = torch.empty(batch, IMAGE_CHANNELS + config.latent_channels, h, w)
         t = torch.empty(batch)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        decoder.forward_buffer(buf, t)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), kernels.use_kernels("reference"):
+        decoder.forward_buffer(buf, t)  # the PyTorch ops (a Triton kernel cannot run on meta tensors)
     return float(counter.get_total_flops())
 
 

@@ -38,7 +38,7 @@ SIZE, BATCH, DTYPE = 256, 8, "bf16"       # the suite's decode size, a batch tha
 DRY_PRESETS, DRY_SIZE, DRY_BATCH = ("tiny",), 32, 1
 SAMPLER_DT = 0.05
 BENCH_WARMUP_MS, BENCH_REP_MS = 25, 200
-DRY_REPEATS = 2
+DRY_REPEATS = 1
 TERA, GIGA = 1e12, 1e9
 EAGER = {"attention": "sdpa", "group_norm": "group_norm_silu_reference", "sampler_step": "euler_step_reference"}
 

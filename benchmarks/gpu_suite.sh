@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Everything GPU-related in one command, no network needed:
-#   1. Triton kernel parity + microbenchmarks      (benchmarks/gpu_kernels.py -> gpu_kernels.json)
-#   1b. fp16 ONNX export + TensorRT engines (when the tensorrt package is installed; else the
-#      tensorrt row is listed as skipped)           (onnx-fp16/, engines/)
-#   2. backends: torch eager/compile fp32+bf16, torch+Triton bf16, ONNX Runtime CUDA/TensorRT-EP,
-#      TensorRT; decoder FLOPs and the achieved fraction of the card's bf16 peak
-#                                                  (dgae bench backends -> backends-cuda.json/.png)
-#   3. anchors: SD-VAE / TAESD decode vs DGAE steps (dgae bench anchors -> anchors-cuda.json/.png)
-# Each step has a hard time limit (together < 9 minutes) and the backends step a per-backend
-# and a total budget, so the suite always ends in time; a step that fails does not stop the rest.
+# Everything GPU-related in one command, no network, at most 8 minutes on one GPU, ONE JSON:
+#   peak     the card's measured bf16 matmul peak            (python -m benchmarks.gpu_suite peak)
+#   kernels  Triton kernels: parity on the device, then vs SDPA / the PyTorch references at the
+#            shapes of the f8c4-B and f16c16-B decoders      (python -m benchmarks.gpu_kernels)
+#   decode   f8c4-B and f16c16-B (random init) at 256 px, 1/2/4 steps at each variant's best batch:
+#            torch eager bf16, CUDA graph, Triton kernels, Triton + CUDA graph, then torch.compile;
+#            decoder FLOPs counted, each row as a fraction of the measured peak
+#                                                            (python -m benchmarks.gpu_suite decode)
+#   anchors  SD-VAE / TAESD decode beside DGAE f8c4-B at 256 px, bf16     (dgae bench anchors)
+#   merge    OUT_DIR/gpu-suite.json (every step's exit status included)   (... gpu_suite merge)
+# Each step runs in its own process under a hard time limit (they sum to <= 8 min); the decode
+# steps also stop starting cases at their budget and keep what they measured; a step that fails
+# or times out does not stop the rest. Logs: OUT_DIR/logs/.
 #
 # usage: benchmarks/gpu_suite.sh [--dry-run] OUT_DIR
-#   --dry-run   CPU only (CI): Triton interpreter, tiny preset, tiny shapes; same code paths.
-# env: PYTHON (default .venv/bin/python, else python3), PRESET (default f8c4-B, random init
-#      written once to $TMPDIR/dgae-gpu-suite/; CHECKPOINT=path benchmarks that file instead).
+#   --dry-run   CPU only (CI): the same Python entry points at tiny sizes (tiny presets, 16-32 px,
+#               Triton interpreter), in about a minute.
+# env: PYTHON (default .venv/bin/python, else python3).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -34,89 +37,80 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-mkdir -p "$OUT" || exit 2
+mkdir -p "$OUT/logs" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
 
-# worst-case time limits (s): init 60 + kernels 70 + onnx 50 + engines 70 + backends 240 +
-# anchors 30 = 520 s < 9 min. The backends step stops starting backends after TOTAL_BUDGET_S,
-# so its hard limit is only a safety net.
-INIT_LIMIT_S=60
-KERNELS_LIMIT_S=70
-ONNX_LIMIT_S=50
-ENGINES_LIMIT_S=70
-BACKENDS_LIMIT_S=240
-BACKEND_BUDGET_S=30           # per backend: cases not started in time are listed as cut
-TOTAL_BUDGET_S=190
-ANCHORS_LIMIT_S=30
-DRY_LIMIT_S=120
-TRT_PROFILE=(--min-batch 1 --opt-batch 8 --max-batch 32 --min-size 256 --opt-size 256 --max-size 512)
-WORK="${TMPDIR:-/tmp}/dgae-gpu-suite"
-
+# hard limits (s), worst case 20 + 60 + 2 x 70 + 2 x 90 + 45 + 20 = 465 s < 8 min; the decode
+# budgets leave each process BUDGET_MARGIN_S to write its part and exit before its limit
+PEAK_LIMIT_S=20
+KERNELS_LIMIT_S=60
+DECODE_LIMIT_S=70
+COMPILE_LIMIT_S=90
+ANCHORS_LIMIT_S=45
+MERGE_LIMIT_S=20
+BUDGET_MARGIN_S=15
+FAST_VARIANTS=eager,cuda-graph,triton,triton+cuda-graph
+SUITE_ARGS=()
 if [ "$DRY_RUN" = 1 ]; then
   export TRITON_INTERPRET=1
   DEVICE=cpu
-  PRESET=tiny
-  KERNELS_ARGS=(--dry-run)
-  BACKENDS_ARGS=(--quick --sizes 32 --batches 1 --steps 1 --repeats 1 --warmup 0 --backends torch-eager-fp32)
-  ANCHORS_ARGS=(--size 32 --batch 1 --steps 1,2 --repeats 1)
-  KERNELS_LIMIT_S=$DRY_LIMIT_S; BACKENDS_LIMIT_S=$DRY_LIMIT_S; ANCHORS_LIMIT_S=$DRY_LIMIT_S
+  PRESETS=(tiny tiny-f16c16)
+  SUITE_ARGS=(--dry-run)
+  ANCHORS_ARGS=(--preset tiny --size 32 --batch 1 --steps 1,2 --repeats 1)
 else
   if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "error: no CUDA device visible to $PYTHON; use --dry-run on a CPU machine" >&2
     exit 2
   fi
+  export TRITON_INTERPRET=0
   DEVICE=cuda
-  PRESET="${PRESET:-f8c4-B}"
-  KERNELS_ARGS=()
-  BACKENDS_ARGS=(--budget-s "$BACKEND_BUDGET_S" --total-budget-s "$TOTAL_BUDGET_S")
-  ANCHORS_ARGS=()
+  PRESETS=(f8c4-B f16c16-B)
+  ANCHORS_ARGS=(--preset f8c4-B --size 256 --batch 8 --steps 1,2,4 --repeats 3)
 fi
+PARTS="$(mktemp -d "${TMPDIR:-/tmp}/dgae-gpu-suite.XXXXXX")" || exit 2
+trap 'rm -rf "$PARTS"' EXIT
+STEPS_FILE="$PARTS/steps.json"
+echo "{}" > "$STEPS_FILE"
+SUITE_START=$SECONDS
 
-FAILED=()
 run_step() {  # name limit_s command...
   local name="$1" limit="$2"; shift 2
   echo "=== $name (limit ${limit}s): $*"
   local start=$SECONDS
-  timeout --signal=TERM --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  local status=${PIPESTATUS[0]}
-  echo "=== $name: exit $status after $((SECONDS - start))s"
-  [ "$status" = 0 ] || FAILED+=("$name(exit $status)")
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
+  local status=${PIPESTATUS[0]} took=$((SECONDS - start))
+  echo "=== $name: exit $status after ${took}s"
+  "$PYTHON" - "$STEPS_FILE" "$name" "$status" "$took" "$limit" <<'EOF'
+import json, sys
+path, name, status, took, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+steps = json.load(open(path))
+steps[name] = {"exit": status, "seconds": took, "limit_s": limit, "timed_out": status in (124, 137)}
+json.dump(steps, open(path, "w"))
+EOF
 }
 
-# one checkpoint file for every step (TensorRT engines are tied to its sha256)
-CKPT="${CHECKPOINT:-$WORK/random-$PRESET.safetensors}"
-if [ ! -f "$CKPT" ]; then
-  mkdir -p "$WORK" || exit 2
-  run_step init "$INIT_LIMIT_S" "$PYTHON" -m cli init "$PRESET" -o "$CKPT"
-fi
-
-run_step kernels "$KERNELS_LIMIT_S" "$PYTHON" -m benchmarks.gpu_kernels --out "$OUT" "${KERNELS_ARGS[@]}"
-
-ENGINE_ARGS=()
-ENGINE_CMD=("$PYTHON" -m cli export onnx -c "$CKPT" -o "$OUT/onnx-fp16" --fp16 --no-validate)
-TRT_CMD=("$PYTHON" -m cli export tensorrt --onnx "$OUT/onnx-fp16" -o "$OUT/engines" --fp16 "${TRT_PROFILE[@]}")
-if [ "$DRY_RUN" = 1 ]; then
-  # the export alone takes minutes on a CPU: check the commands parse, do not run them
-  run_step engines "$DRY_LIMIT_S" "$PYTHON" -m cli export tensorrt --help
-  echo "dry-run: would run: ${ENGINE_CMD[*]} && ${TRT_CMD[*]}"
-elif "$PYTHON" -c 'import tensorrt' 2>/dev/null; then
-  run_step onnx-fp16 "$ONNX_LIMIT_S" "${ENGINE_CMD[@]}"
-  [ ! -f "$OUT/onnx-fp16/manifest.json" ] || run_step engines "$ENGINES_LIMIT_S" "${TRT_CMD[@]}"
-  [ ! -f "$OUT/engines/manifest.json" ] || ENGINE_ARGS=(--engine-dir "$OUT/engines")
-else
-  echo "=== engines: skipped (the tensorrt package is not installed; the tensorrt row will say so)"
-fi
-
-run_step backends "$BACKENDS_LIMIT_S" "$PYTHON" -m cli bench backends --device "$DEVICE" --checkpoint "$CKPT" \
-  --out "$OUT" "${BACKENDS_ARGS[@]}" "${ENGINE_ARGS[@]}"
-run_step anchors "$ANCHORS_LIMIT_S" "$PYTHON" -m cli bench anchors --device "$DEVICE" --checkpoint "$CKPT" \
-  --out "$OUT" "${ANCHORS_ARGS[@]}"
-
-echo "results in $OUT:"
-ls -1 "$OUT"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  echo "FAILED: ${FAILED[*]}" >&2
+run_step peak "$PEAK_LIMIT_S" "$PYTHON" -m benchmarks.gpu_suite peak --out "$PARTS" "${SUITE_ARGS[@]}"
+run_step kernels "$KERNELS_LIMIT_S" "$PYTHON" -m benchmarks.gpu_kernels --out "$PARTS" "${SUITE_ARGS[@]}" \
+  --presets "$(IFS=,; echo "${PRESETS[*]}")"
+for preset in "${PRESETS[@]}"; do
+  run_step "decode-$preset" "$DECODE_LIMIT_S" "$PYTHON" -m benchmarks.gpu_suite decode --out "$PARTS" \
+    --preset "$preset" --variants "$FAST_VARIANTS" --budget-s $((DECODE_LIMIT_S - BUDGET_MARGIN_S)) "${SUITE_ARGS[@]}"
+done
+for preset in "${PRESETS[@]}"; do   # last: a compile that runs long only costs its own rows
+  run_step "compile-$preset" "$COMPILE_LIMIT_S" "$PYTHON" -m benchmarks.gpu_suite decode --out "$PARTS" \
+    --preset "$preset" --variants compile --budget-s $((COMPILE_LIMIT_S - BUDGET_MARGIN_S)) "${SUITE_ARGS[@]}"
+done
+run_step anchors "$ANCHORS_LIMIT_S" "$PYTHON" -m cli bench anchors --device "$DEVICE" --no-plot \
+  --out "$PARTS" "${ANCHORS_ARGS[@]}"
+echo "=== suite steps took $((SECONDS - SUITE_START))s"
+timeout --signal=TERM --kill-after=5 "$MERGE_LIMIT_S" \
+  "$PYTHON" -m benchmarks.gpu_suite merge --parts "$PARTS" --out "$OUT" "${SUITE_ARGS[@]}" 2>&1 \
+  | tee "$OUT/logs/merge.log"
+status=${PIPESTATUS[0]}
+echo "gpu suite: $((SECONDS - SUITE_START))s in all; results in $OUT/gpu-suite.json"
+if [ "$status" != 0 ]; then
+  echo "gpu suite: FAILED (see the steps in $OUT/gpu-suite.json and $OUT/logs/)" >&2
   exit 1
 fi
 echo "gpu suite: all steps passed"
