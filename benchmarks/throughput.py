@@ -51,6 +51,8 @@ SPECS: tuple[BackendSpec, ...] = (            # slow-to-start runtimes last: a t
     BackendSpec("onnxruntime-fp32", "onnxruntime"),
     BackendSpec("torch-eager-bf16", "torch", "bf16", cuda_only=True, kernels="reference"),
     BackendSpec("torch-triton-bf16", "torch", "bf16", cuda_only=True, kernels="triton"),
+    BackendSpec("torch-cuda-graph-bf16", "torch", "bf16", cuda_only=True, options={"cuda_graph": True},
+                kernels="reference"),
     BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", cuda_only=True),
     BackendSpec("tensorrt-fp16", "tensorrt", "fp16", cuda_only=True),
     BackendSpec("torch-compile-fp32", "torch", slow_warmup=True, options={"compile": True},
