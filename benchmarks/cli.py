@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick 2)")
     p.add_argument("--steps", type=int_list, default=None, help="DGAE step counts (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row")
+    p.add_argument("--backend", default="auto", help="DGAE backend (default auto: what a user gets by default)")
     add_clock_argument(p)
 
     p = sub.add_parser("sizes", help="encode/decode cost per megapixel and peak RSS vs image size, tiled and untiled")
