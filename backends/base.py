@@ -98,9 +98,9 @@ class Backend(abc.ABC):
             mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
             return mean.float(), logvar.float()
 
-        return torch.cat([pipeline.encode(self.config, moments, images[sl], mode, seeds and seeds[sl], tile,
-                                          self.tile_batch).cpu()
-                          for sl in self.chunks(len(images))])
+        return _cat([pipeline.encode(self.config, moments, images[sl], mode, seeds and seeds[sl], tile,
+                                     self.tile_batch).cpu()
+                     for sl in self.chunks(len(images))])
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
@@ -109,11 +109,16 @@ class Backend(abc.ABC):
         pipeline.check_latents(self.config, latents)
         check_tile_mode(tile)
         seeds = resolve_seeds(seeds, len(latents))
-        return torch.cat([pipeline.decode(self.config, self.denoise, latents[sl].to(self.device, torch.float32),
-                                          steps, seeds[sl], sample=self._sample, state_dtype=self.state_dtype,
-                                          tile=tile, tile_batch=self.tile_batch).float().cpu()
-                          for sl in self.chunks(len(latents))])
+        return _cat([pipeline.decode(self.config, self.denoise, latents[sl].to(self.device, torch.float32),
+                                     steps, seeds[sl], sample=self._sample, state_dtype=self.state_dtype,
+                                     tile=tile, tile_batch=self.tile_batch).float().cpu()
+                     for sl in self.chunks(len(latents))])
 
     def _sample(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
         out = self.fast_sample(buf, plan)
         return out if out is not None else run_sampler(self.denoise, buf, plan)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat without the copy when there is one part (the common case: no split)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -69,15 +69,17 @@ def from_public(config: DGAEConfig, latents: torch.Tensor) -> torch.Tensor:
 def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
     """The latent-space tile grid for encoding an H x W image, or None when it fits one tile."""
     f, t = config.downsample_factor, config.tiling
-    grid = TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
-    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+    if check_tile_mode(tile) == "off" or max(height, width) <= t.encode_tile:
+        return None
+    return TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
 
 
 def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
     """The tile grid for the U-Net buffer of an H x W (padded) decode, or None when it fits one tile."""
     t = config.tiling
-    grid = TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
-    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+    if check_tile_mode(tile) == "off" or max(height, width) <= t.decode_tile:
+        return None
+    return TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
 
 
 def encode(config: DGAEConfig, moments: Moments, images: torch.Tensor, mode: str = "mean",
