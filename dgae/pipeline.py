@@ -26,7 +26,7 @@ EncodeMode = Literal["mean", "sample"]
 ENCODE_MODES = ("mean", "sample")
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Sample = Callable[[torch.Tensor, SamplePlan], torch.Tensor]
-DEFAULT_TILE_BATCH = 4  # tiles per network call when the runtime sets no batch limit (bounds memory)
+DEFAULT_TILE_BATCH = 1  # tiles per network call (backends choose per device: see Backend.tile_batch)
 
 
 # --- input checks --------------------------------------------------------------------------------
