@@ -230,3 +230,35 @@ def test_student_checkpoint_serves_through_the_backends(distilled, tmp_path):
     ort_b = create_backend("onnxruntime", distilled["student"], onnx_dir=tmp_path / "onnx", threads=TORCH_THREADS)
     assert ort_b.info().extra["unrolled_steps"] == STUDENT_STEPS
     assert (ort_b.decode(latents, seeds=seeds) - ref).abs().max() < ORT_DECODE_TOL
+
+
+# --- the GPU script, on the CPU ----------------------------------------------------------------
+SCRIPT_PROBE_STEPS = 5  # the tiny recipe logs every 5 steps: the probe needs one metrics row
+SCRIPT_MINUTES = "0.05"
+SCRIPT_TIMEOUT_S = 600
+
+
+def test_gpu_distill_script_runs_on_cpu(photos, tiny_checkpoint, tmp_path):
+    """scripts/gpu_distill_default.sh with the tiny recipe on the CPU: distils within its budget,
+    writes the fp16 student (default steps = the student's), both evaluations and the summary."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    cfg = get_recipe("distill-tiny")
+    env = dict(os.environ, PYTHON=sys.executable, RECIPE="distill-tiny", INIT=str(tiny_checkpoint),
+               PROBE_STEPS=str(SCRIPT_PROBE_STEPS), DEVICE="cpu", STARTUP_S="0", TRAIN_ARGS="--workers 0",
+               EVAL_ARGS=f"--crop {EVAL_CROP} --max-side {cfg.max_side}", OMP_NUM_THREADS=str(TORCH_THREADS))
+    proc = subprocess.run([str(repo / "scripts/gpu_distill_default.sh"), str(photos), str(run), SCRIPT_MINUTES],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    student = load_checkpoint(run / "ema-fp16.safetensors")
+    assert student.config.sampler.default_steps == cfg.student_steps
+    summary = json.loads((run / "distill_summary.json").read_text())
+    assert set(summary["student"]) == {str(cfg.student_steps)}
+    assert set(summary["teacher"]) == {"1", "2", str(cfg.teacher_steps)}
+    assert isinstance(summary["student_matches_bar"], bool)
+    assert all(0 < row["psnr"] and 0 <= row["lpips"] for row in summary["teacher"].values())
