@@ -14,9 +14,9 @@ import torch
 
 from dgae.checkpoint import load_checkpoint, read_metadata
 from dgae.errors import ConfigError
-from dgae.sampler import SamplePlan, prepare_decode_buffer
 from dgae.pipeline import from_public
 from dgae.presets import get_preset
+from dgae.sampler import SamplePlan, prepare_decode_buffer
 from training.config import TrainConfig, get_recipe
 from training.distill import DistillTrainer, compare_decodes, unrolled_decode
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import kernels
 from dgae.checkpoint import load_checkpoint
-from dgae.config import IMAGE_CHANNELS
+from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.errors import ConfigError
 from dgae.model import DGAE
 from dgae.pipeline import check_latents, from_public
@@ -85,11 +85,10 @@ class DistillObjective(nn.Module):
 
     def __init__(self, cfg: TrainConfig, teacher: DGAE, lpips: nn.Module | None):
         super().__init__()
-        self.cfg, self.lpips = cfg, lpips
-        self.teacher = [teacher]  # a list: not a submodule (never trained, saved or moved with this)
+        self.cfg, self.teacher, self.lpips = cfg, teacher, lpips
 
     def forward(self, model: DGAE, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, teacher = self.cfg, self.teacher[0]
+        cfg, teacher = self.cfg, self.teacher
         seeds = draw_seeds(len(x0))
         with torch.no_grad():
             latents = teacher.encode(x0).float()  # fp32 sampler state for teacher and student alike
@@ -107,7 +106,7 @@ class DistillObjective(nn.Module):
         return loss, parts
 
 
-def student_config(teacher: DGAE, cfg: TrainConfig):
+def student_config(teacher: DGAE, cfg: TrainConfig) -> DGAEConfig:
     """The teacher's config with the student's step count as the sampler default."""
     sampler = teacher.config.sampler
     for label, steps in (("teacher_steps", cfg.teacher_steps), ("student_steps", cfg.student_steps)):
