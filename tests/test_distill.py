@@ -36,7 +36,7 @@ TEACHER_TRAIN = {"--max-steps": 200, "--batch-size": 8, "--lr": 3e-3, "--lr-min"
 # --- the student -------------------------------------------------------------------------------
 TEACHER_STEPS = 4  # the target: the teacher's 4-step decode
 STUDENT_STEPS = 1
-DISTILL_TRAIN = {"--max-steps": 40, "--batch-size": 4, "--log-every": 10}
+DISTILL_TRAIN = {"--max-steps": 30, "--batch-size": 4, "--log-every": 10}
 NEVER = 10**9  # no intermediate checkpoints or sample grids in the test runs
 # --- evaluation on the held-out (val) photos ---------------------------------------------------
 EVAL_CROP = 32
@@ -98,8 +98,8 @@ def _dgae(*argv: str) -> None:
 
 # --- the student's decode is the shared sampler ------------------------------------------------
 @pytest.mark.parametrize("solver", ["euler", "heun"])
-@pytest.mark.parametrize("steps", [1, 2, 3])
-def test_unrolled_decode_is_the_shared_decode(tiny_model, solver, steps):
+@pytest.mark.parametrize("steps", [1, 2])
+def test_unrolled_decode_is_the_shared_decode(tiny_model, solver, steps, one_thread):
     latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
     ref = tiny_model.decode(latents, steps=steps, seeds=[5, 9], solver=solver)
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_unrolled_decode_is_the_shared_decode(tiny_model, solver, steps):
     assert out.requires_grad and torch.equal(out.detach(), ref)
 
 
-def test_unrolled_decode_gradients_match_a_functional_euler_loop(tiny_model):
+def test_unrolled_decode_gradients_match_a_functional_euler_loop(tiny_model, one_thread):
     """The in-place update under autograd gives the gradients of x <- x + dt * v written out."""
     steps, seeds = 2, [1, 2]
     latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(4))
@@ -202,11 +202,14 @@ def distilled(photos, tmp_path_factory, one_thread):
 def test_one_step_student_beats_the_teachers_one_step_decode(distilled):
     """Scored against the teacher's 4-step decode of the same held-out crop with the same seed
     (the distillation target): the student's 1-step decode is closer to it than the teacher's own
-    1-step decode, by MIN_PSNR_GAIN_DB in PSNR and a factor MAX_LPIPS_RATIO in LPIPS."""
+    1-step decode, by MIN_PSNR_GAIN_DB in PSNR and a factor MAX_LPIPS_RATIO in LPIPS. Against the
+    ground truth the student's LPIPS is lower than the teacher's 1-step LPIPS too (its PSNR to the
+    ground truth is not asserted: the 4-step target is sharper, not closer in MSE)."""
     s = distilled["scores"]
     student, teacher_1 = s[f"student_{STUDENT_STEPS}"], s[f"teacher_{STUDENT_STEPS}"]
     assert student["psnr_vs_teacher"] > teacher_1["psnr_vs_teacher"] + MIN_PSNR_GAIN_DB, s
     assert student["lpips_vs_teacher"] < MAX_LPIPS_RATIO * teacher_1["lpips_vs_teacher"], s
+    assert student["lpips_vs_gt"] < teacher_1["lpips_vs_gt"], s
     rows = [json.loads(line) for line in (distilled["run"] / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == DISTILL_TRAIN["--max-steps"]
     assert rows[-1]["psnr_vs_teacher"] > rows[0]["psnr_vs_teacher"]  # training moved toward the target
