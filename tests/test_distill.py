@@ -42,8 +42,11 @@ NEVER = 10**9  # no intermediate checkpoints or sample grids in the test runs
 EVAL_CROP = 32
 EVAL_CROPS_PER_PHOTO = 4
 EVAL_SEED = 1000  # crop i decodes with seed 1000 + i (training draws its seeds from torch's RNG)
-MIN_PSNR_GAIN_DB = 1.0  # the student must be this much closer (PSNR) to the teacher's N-step decode ...
-MAX_LPIPS_RATIO = 0.75  # ... and have at most this fraction of the teacher's 1-step LPIPS to it
+# The student must be MIN_PSNR_GAIN_DB closer (PSNR) to the teacher's 4-step decode than the
+# teacher's 1-step decode is, with at most MAX_LPIPS_RATIO of its LPIPS to it. Measured: +3.96 dB
+# and 0.25x; a student fed other noise than the teacher (a seed bug) reached only +1.9 dB and 0.69x.
+MIN_PSNR_GAIN_DB = 3.0
+MAX_LPIPS_RATIO = 0.4
 TORCH_THREADS = 1  # one thread: far faster than two on an oversubscribed 2-core CI machine
 ORT_DECODE_TOL = 1e-3  # as tests/test_backends_onnxruntime.py
 
