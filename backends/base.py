@@ -85,13 +85,20 @@ class Backend(abc.ABC):
         pipeline.check_images(self.config, images)  # before the device copy: a clear error, not a CUDA one
         pipeline.check_mode(mode)
         seeds = resolve_seeds(seeds, len(images)) if mode == "sample" else None
-
-        def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
-            return mean.float(), logvar.float()
-
-        return torch.cat([pipeline.encode(self.config, moments, images[sl], mode, seeds and seeds[sl]).cpu()
+        return torch.cat([pipeline.encode(self.config, self._moments, images[sl], mode, seeds and seeds[sl]).cpu()
                           for sl in self.chunks(len(images))])
+
+    @torch.no_grad()
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw posterior (mean, logvar) [N, c, H/f, W/f], float32 on the CPU (what ``encode``
+        scales or samples from; bulk encoding stores it so training can resample)."""
+        pipeline.check_images(self.config, images)
+        parts = [self._moments(images[sl]) for sl in self.chunks(len(images))]
+        return torch.cat([m.cpu() for m, _ in parts]), torch.cat([lv.cpu() for _, lv in parts])
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
+        return mean.float(), logvar.float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,

@@ -72,12 +72,15 @@ def encode(config: DGAEConfig, moments: Moments, images: torch.Tensor, mode: str
     check_images(config, images)
     check_mode(mode)
     mean, logvar = moments(images)
-    z = mean
-    if mode == "sample":
-        noise = per_sample_noise(resolve_seeds(seeds, len(images)), tuple(mean.shape[1:]),
-                                 device=mean.device, dtype=mean.dtype)
-        z = mean + torch.exp(0.5 * logvar) * noise
+    z = sample_posterior(mean, logvar, resolve_seeds(seeds, len(images))) if mode == "sample" else mean
     return to_public(config, z)
+
+
+def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Raw posterior moments [N, c, h, w] -> raw latents mean + std * noise, item i's noise drawn
+    from seeds[i] (the encode-time sampling; readers of stored moments resample with it too)."""
+    noise = per_sample_noise(list(seeds), tuple(mean.shape[1:]), device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * noise
 
 
 # --- decode --------------------------------------------------------------------------------------
