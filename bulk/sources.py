@@ -211,7 +211,7 @@ def list_tars(pattern: str) -> list[Item]:
                 if lab is not None else None
             fields = {"kind": "tar", "path": str(path)}
             if img is None:
-                fields["error"] = f"tar sample has no image member (members: {', '.join(sorted(members))})"
+                fields["error"] = f"{source_id}: tar sample has no image member (members: {', '.join(sorted(members))})"
             else:
                 fields.update(offset=img.offset_data, size=img.size)
             entries.append((source_id, source_id, label, fields))
