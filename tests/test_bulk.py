@@ -166,13 +166,15 @@ def test_worker_count_does_not_change_a_byte(tmp_path, tiny_checkpoint, photo_di
     assert tree(outs[0]) == tree(outs[1])
 
 
-def test_finished_run_is_skipped_and_damaged_shard_recomputed(tmp_path, tiny_checkpoint, photo_dir):
+def test_finished_run_is_skipped_and_damaged_shards_recomputed(tmp_path, tiny_checkpoint, photo_dir):
     src, _ = photo_dir
     out = tmp_path / "out"
     assert encode(src, out, tiny_checkpoint, "--shard-size", 4) == 0
     before = tree(out)
     shard = sorted((out / "shards").glob("*.tar"))[1]
     shard.write_bytes(shard.read_bytes()[:100])  # damaged after the fact
+    (out / "shards" / f".{shard.name}.tmp-999999").write_bytes(b"half a shard")  # a killed writer's leftover
+    (out / ".parts" / "shard-000002.json").write_text("{")  # a torn completion record
     assert encode(src, out, tiny_checkpoint, "--shard-size", 4) == 0
     assert tree(out) == before
 
