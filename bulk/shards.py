@@ -145,23 +145,27 @@ class ShardedOutput:
     def part_path(self, task: ShardTask) -> Path:
         return self.parts / f"{task.stem}.json"
 
-    def load_part(self, task: ShardTask) -> dict[str, Any] | None:
-        """The shard's completion record when the shard is whole (files present, sha256 equal)."""
+    def load_part(self, task: ShardTask, verify: bool = True) -> dict[str, Any] | None:
+        """The shard's completion record when the shard is whole: its files present with the
+        recorded sizes and (``verify``) sha256s; None means the shard must be (re)computed."""
         try:
             part = json.loads(self.part_path(task).read_text())
         except (OSError, json.JSONDecodeError):
             return None
         try:
             for name, sha in part["files"].items():
-                if file_sha256(self.data_dir / name) != sha:
-                    log.warning("%s: sha256 differs from its record: recomputing shard %d", name, task.index)
+                path = self.data_dir / name
+                if path.stat().st_size != part["sizes"][name] or (verify and file_sha256(path) != sha):
+                    log.warning("%s differs from its record: recomputing shard %d", path, task.index)
                     return None
-        except (OSError, KeyError, AttributeError):
+        except (OSError, KeyError, AttributeError, TypeError):
             return None
         return part
 
-    def pending(self, tasks: Sequence[ShardTask]) -> list[ShardTask]:
-        return [t for t in tasks if self.load_part(t) is None]
+    def pending(self, tasks: Sequence[ShardTask], verify: bool = True) -> list[ShardTask]:
+        """The shards still to compute. ``verify`` re-hashes the complete ones (a rerun's check,
+        once per run); without it only sizes are compared (polling, the final assembly)."""
+        return [t for t in tasks if self.load_part(t, verify) is None]
 
     def commit(self, result: ShardResult) -> dict[str, Any]:
         task = result.task
@@ -174,6 +178,7 @@ class ShardedOutput:
             atomic_write(self.data_dir / name, data)
             hashes[name] = _sha256_bytes(data)
         part = {"index": task.index, "inputs": len(task.items), "files": hashes,
+                "sizes": {name: len(data) for name, data in files.items()},
                 "bytes": sum(len(d) for d in files.values()), "records": result.records, "errors": result.errors}
         atomic_write(self.part_path(task), dumps(part).encode())
         return part
@@ -182,7 +187,7 @@ class ShardedOutput:
         """Rank 0 under torchrun: wait until every shard has been committed by its rank."""
         deadline = time.monotonic() + timeout_s
         while True:
-            missing = self.pending(tasks)
+            missing = self.pending(tasks, verify=False)
             if not missing:
                 return
             if time.monotonic() > deadline:
@@ -197,7 +202,7 @@ class ShardedOutput:
             raise InputError(f"manifest format must be one of {', '.join(MANIFEST_FORMATS)}, got {manifest_format!r}")
         parts = []
         for t in tasks:
-            part = self.load_part(t)
+            part = self.load_part(t, verify=False)  # hashed when committed or when this run began
             if part is None:
                 raise DGAEError(f"shard {t.index} is not complete; rerun to resume")
             parts.append(part)

@@ -162,6 +162,7 @@ class _Locator:
     shard: Path
     key: str
     members: tuple[tuple[str, int, int], ...] = ()  # (extension, offset, size)
+    meta_json: str = ""  # safetensors shards: the sample's {"record", "encode"} entry
 
 
 def _index_tar(path: Path) -> list[_Locator]:
@@ -192,7 +193,7 @@ def _read_safetensors_meta(path: Path) -> list[dict]:
 def _index_shard(path: Path) -> list[_Locator]:
     if path.suffix == SHARD_FORMATS["wds"]:
         return _index_tar(path)
-    return [_Locator(path, m["record"]["key"]) for m in _read_safetensors_meta(path)]
+    return [_Locator(path, m["record"]["key"], meta_json=dumps(m)) for m in _read_safetensors_meta(path)]
 
 
 def _read_range(path: Path, offset: int, size: int) -> bytes:
@@ -222,7 +223,7 @@ def _load_located(loc: _Locator) -> StoredSample:
     prefix = f"{loc.key}/"
     with safe_open(str(loc.shard), framework="pt") as fh:
         tensors = {name[len(prefix):]: fh.get_tensor(name) for name in fh.keys() if name.startswith(prefix)}
-    entry = next(m for m in _read_safetensors_meta(loc.shard) if m["record"]["key"] == loc.key)
+    entry = json.loads(loc.meta_json)
     return StoredSample(loc.key, entry["record"], tensors, entry["encode"])
 
 

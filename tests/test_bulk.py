@@ -294,7 +294,7 @@ def test_flip_modes_and_mirrored_latents(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     assert encode(tmp_path / "imgs", out, tiny_checkpoint, "--flip", "--batch-size", 1) == 0
     both = LatentDataset(out, flip="both")
-    assert len(both) == 6 and [both.is_flipped(i) for i in range(4)] == [False, True, False, True]
+    assert len(both) == 2 * len(paths) and [both.is_flipped(i) for i in range(4)] == [False, True, False, True]
     mirrored = tmp_path / "mirrored.png"
     source = both[1]["record"]["source"]
     Image.open(tmp_path / "imgs" / source).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
