@@ -30,6 +30,7 @@ from dgae.errors import InputError
 from dgae.hashing import file_sha256
 from dgae.imageio import to_tensor
 from dgae.latents_io import LATENTS_KEY, encode_metadata
+from dgae.precision import PRECISIONS
 
 from .preprocess import Prepared, Preprocess, prepare_item
 from .shards import PLAN_FILE, ShardedOutput, ShardResult, ShardTask, plan_shards, rank_tasks
@@ -37,7 +38,6 @@ from .sources import Item, items_digest, list_source
 
 log = logging.getLogger(__name__)
 
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 32
@@ -59,7 +59,7 @@ class EncodeOptions:
     preprocess: Preprocess = field(default_factory=Preprocess)
     store: str = "mean"
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "fp32"  # stored latents' precision (dgae.precision's names)
     shard_format: str = "wds"
     shard_size: int = DEFAULT_SHARD_SIZE
     manifest_format: str = "jsonl"
@@ -80,7 +80,7 @@ class EncodeOptions:
 
     def validate(self) -> "EncodeOptions":
         self.preprocess.validate()
-        choices = {"store": (self.store, STORE_MODES), "dtype": (self.dtype, tuple(STORE_DTYPES)),
+        choices = {"store": (self.store, STORE_MODES), "dtype": (self.dtype, tuple(PRECISIONS)),
                    "shard format": (self.shard_format, tuple(SHARD_FORMATS)),
                    "manifest": (self.manifest_format, MANIFEST_FORMATS), "engine": (self.engine, ENGINES)}
         for name, (value, allowed) in choices.items():
@@ -134,7 +134,7 @@ class EncodeContext:
         return {LATENTS_KEY + suffix: self.backend.encode(x, self.options.store, self.seeds(group, suffix))}
 
     def encode_group(self, group: list[Prepared]) -> list[SampleOut]:
-        opts, dtype = self.options, STORE_DTYPES[self.options.dtype]
+        opts, dtype = self.options, PRECISIONS[self.options.dtype].torch_dtype
         tensors = self._encode([p.rgb for p in group], group, "")
         if opts.preprocess.flip:  # its own batch: the unflipped latents equal a run without --flip
             tensors.update(self._encode([p.rgb_flip for p in group], group, FLIP_SUFFIX))

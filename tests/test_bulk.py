@@ -313,7 +313,7 @@ def test_safetensors_shards_parquet_manifest_and_iterable_reading(tmp_path, tiny
     src, _ = photo_dir
     out = tmp_path / "out"
     assert encode(src, out, tiny_checkpoint, "--shard-format", "safetensors", "--manifest", "parquet",
-                  "--shard-size", 4, "--dtype", "float16") == 0
+                  "--shard-size", 4, "--dtype", "fp16") == 0
     table = pa.read_table(out / "manifest.parquet").to_pylist()
     assert len(table) == N_GOOD and all(r["shard"].endswith(".safetensors") for r in table)
     ds = LatentDataset(out)

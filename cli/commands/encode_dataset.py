@@ -4,22 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from bulk.encode import (DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_WORKERS, ENGINES, STORE_DTYPES,
-                         EncodeOptions, run_encode)
+from backends.factory import BACKENDS
+from bulk.encode import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_WORKERS, ENGINES, EncodeOptions, run_encode
 from bulk.preprocess import CROP_STYLES, Preprocess
 from cli.commands.common import add_checkpoint_arg
 from dgae.datasets import MANIFEST_FORMATS, SHARD_FORMATS, STORE_MODES
 from dgae.errors import InputError
 from dgae.imageio import FIT_POLICIES
-
-BACKEND_CHOICES = ("torch", "onnxruntime", "tensorrt", "auto")
-PRECISIONS = ("fp32", "fp16", "bf16")
+from dgae.precision import PRECISIONS
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_arg(p)
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch", help="runtime (as the service's)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime (as the service's)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="the backend's compute precision")
     p.add_argument("--onnx-dir", default=None, help="onnxruntime: an export (default: the export cache)")
     p.add_argument("--engine-dir", default=None, help="tensorrt: engines from 'dgae export tensorrt'")
     p.add_argument("--manifest", choices=MANIFEST_FORMATS, default="jsonl", help="manifest file format")
@@ -48,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", choices=STORE_MODES, default="mean",
                    help="mean / sample: public latents as 'dgae encode --mode'; moments: raw mean + logvar")
     g.add_argument("--seed", type=int, default=0, help="--store sample: seeds derive from each key and this")
-    g.add_argument("--dtype", choices=tuple(STORE_DTYPES), default="float32")
+    g.add_argument("--dtype", choices=tuple(PRECISIONS), default="fp32", help="precision of the stored latents")
     g.add_argument("--shard-format", choices=tuple(SHARD_FORMATS), default="wds",
                    help="wds: WebDataset tar (a .safetensors per sample); safetensors: one file per shard")
     g.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="input images per shard")
