@@ -11,6 +11,7 @@ batch it ran in, so equal batches are what makes the bytes equal).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = 2
-PREFETCH_PER_WORKER = 8
+PREFETCH_BATCHES = 2  # decoded images kept ready: two batches, so the encoder never waits on a handoff
 DEFAULT_WAIT_TIMEOUT_S = 24 * 3600.0
 PLAN_POLL_S = 1.0
 
@@ -220,13 +221,15 @@ def _as_is(x: Prepared) -> Prepared:
     return x
 
 
-def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: int) -> Iterator[Prepared]:
-    """Prepared items in input order, ``workers`` processes ahead of the consumer (0: inline)."""
+def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: int,
+                    batch_size: int) -> Iterator[Prepared]:
+    """Prepared items in input order, ``workers`` processes ahead of the consumer (0: inline),
+    with ``PREFETCH_BATCHES`` batches' worth of items in flight."""
     if workers == 0 or not items:
         return (prepare_item(it, preprocess, f) for it in items)
     loader = torch.utils.data.DataLoader(PreparedItems(items, preprocess, f), batch_size=None, shuffle=False,
                                          num_workers=workers, collate_fn=_as_is,
-                                         prefetch_factor=PREFETCH_PER_WORKER)
+                                         prefetch_factor=math.ceil(PREFETCH_BATCHES * batch_size / workers))
     return iter(loader)
 
 
@@ -291,7 +294,8 @@ def run_encode(opts: EncodeOptions, backend: Backend | None = None) -> dict[str,
                 run_ray(opts, out, pending, bar.update)
             else:
                 ctx = make_context(opts, rank_device(opts.device, world, local_rank), backend)
-                stream = prepared_stream([it for t in pending for it in t.items], opts.preprocess, ctx.f, opts.workers)
+                stream = prepared_stream([it for t in pending for it in t.items], opts.preprocess, ctx.f,
+                                         opts.workers, opts.batch_size)
                 for task in pending:
                     out.commit(ctx.encode_shard(task, (next(stream) for _ in task.items), bar.update))
         finally:
