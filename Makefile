@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= serve,export,kernels,train,bulk,dev
+EXTRAS ?= serve,client,export,kernels,train,bulk,dev
 HOST ?= 0.0.0.0
 PORT ?= 8000
 DATA ?= data/photos

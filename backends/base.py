@@ -25,6 +25,7 @@ import torch
 from dgae import pipeline
 from dgae.config import DGAEConfig
 from dgae.sampler import SamplePlan, resolve_seeds, run_sampler
+from dgae.tiling import check_tile_mode
 
 
 @dataclass(frozen=True)
@@ -79,21 +80,31 @@ class Backend(abc.ABC):
         step = self.max_batch_size or n
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
+    @property
+    def tile_batch(self) -> int:
+        """Tiles per network call in a tiled decode/encode."""
+        return self.max_batch_size or pipeline.DEFAULT_TILE_BATCH
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor, mode: str = "mean",
-               seeds: int | Sequence[int] | None = None) -> torch.Tensor:
+               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
+        """Images larger than the config's encode tile are encoded tiled (``tile="off"``: never)."""
         pipeline.check_images(self.config, images)  # before the device copy: a clear error, not a CUDA one
         pipeline.check_mode(mode)
+        check_tile_mode(tile)
         seeds = resolve_seeds(seeds, len(images)) if mode == "sample" else None
-        return torch.cat([pipeline.encode(self.config, self._moments, images[sl], mode, seeds and seeds[sl]).cpu()
+        return torch.cat([pipeline.encode(self.config, self._moments, images[sl], mode, seeds and seeds[sl], tile,
+                                          self.tile_batch).cpu()
                           for sl in self.chunks(len(images))])
 
     @torch.no_grad()
-    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def moments(self, images: torch.Tensor, tile: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """The raw posterior (mean, logvar) [N, c, H/f, W/f], float32 on the CPU (what ``encode``
-        scales or samples from; bulk encoding stores it so training can resample)."""
+        scales or samples from, tiled alike; bulk encoding stores it so training can resample)."""
         pipeline.check_images(self.config, images)
-        parts = [self._moments(images[sl]) for sl in self.chunks(len(images))]
+        check_tile_mode(tile)
+        parts = [pipeline.encode_moments(self.config, self._moments, images[sl], tile, self.tile_batch)
+                 for sl in self.chunks(len(images))]
         return torch.cat([m.cpu() for m, _ in parts]), torch.cat([lv.cpu() for _, lv in parts])
 
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +113,14 @@ class Backend(abc.ABC):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
-               seeds: int | Sequence[int] | None = None) -> torch.Tensor:
+               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
+        """Images larger than the config's decode tile are decoded tiled (``tile="off"``: never)."""
         pipeline.check_latents(self.config, latents)
+        check_tile_mode(tile)
         seeds = resolve_seeds(seeds, len(latents))
         return torch.cat([pipeline.decode(self.config, self.denoise, latents[sl].to(self.device, torch.float32),
-                                          steps, seeds[sl], sample=self._sample,
-                                          state_dtype=self.state_dtype).float().cpu()
+                                          steps, seeds[sl], sample=self._sample, state_dtype=self.state_dtype,
+                                          tile=tile, tile_batch=self.tile_batch).float().cpu()
                           for sl in self.chunks(len(latents))])
 
     def _sample(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:

@@ -20,11 +20,13 @@ import torch
 from .config import IMAGE_CHANNELS, DGAEConfig
 from .errors import InputError
 from .sampler import Denoiser, SamplePlan, per_sample_noise, prepare_decode_buffer, resolve_seeds, run_sampler
+from .tiling import TiledDenoiser, TileGrid, check_tile_mode, tiled_moments
 
 EncodeMode = Literal["mean", "sample"]
 ENCODE_MODES = ("mean", "sample")
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Sample = Callable[[torch.Tensor, SamplePlan], torch.Tensor]
+DEFAULT_TILE_BATCH = 4  # tiles per network call when the runtime sets no batch limit (bounds memory)
 
 
 # --- input checks --------------------------------------------------------------------------------
@@ -64,14 +66,40 @@ def from_public(config: DGAEConfig, latents: torch.Tensor) -> torch.Tensor:
 
 
 # --- encode --------------------------------------------------------------------------------------
+def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
+    """The latent-space tile grid for encoding an H x W image, or None when it fits one tile."""
+    f, t = config.downsample_factor, config.tiling
+    grid = TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
+    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+
+
+def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
+    """The tile grid for the U-Net buffer of an H x W (padded) decode, or None when it fits one tile."""
+    t = config.tiling
+    grid = TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
+    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+
+
+def encode_moments(config: DGAEConfig, moments: Moments, images: torch.Tensor, tile: str = "auto",
+                   tile_batch: int = DEFAULT_TILE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw posterior (mean, logvar) of images [N, 3, H, W], tiled when larger than a tile."""
+    grid = encode_grid(config, *images.shape[-2:], tile)
+    if grid is None:
+        return moments(images)
+    return tiled_moments(moments, images, grid, config.downsample_factor, tile_batch)
+
+
 def encode(config: DGAEConfig, moments: Moments, images: torch.Tensor, mode: str = "mean",
-           seeds: int | Sequence[int] | None = None) -> torch.Tensor:
+           seeds: int | Sequence[int] | None = None, tile: str = "auto",
+           tile_batch: int = DEFAULT_TILE_BATCH) -> torch.Tensor:
     """images [N, 3, H, W] in [-1, 1] -> public latents [N, c, H/f, W/f] (in the moments' dtype).
     ``sample`` draws the reparameterisation noise of item i from its own seed (see
-    :func:`dgae.sampler.resolve_seeds`), so an item encodes the same alone or in any batch."""
+    :func:`dgae.sampler.resolve_seeds`), so an item encodes the same alone or in any batch.
+    Images larger than a tile (``tile="auto"``) are encoded as overlapping tiles of
+    ``tile_batch`` per call, blended in latent space."""
     check_images(config, images)
     check_mode(mode)
-    mean, logvar = moments(images)
+    mean, logvar = encode_moments(config, moments, images, tile, tile_batch)
     z = sample_posterior(mean, logvar, resolve_seeds(seeds, len(images))) if mode == "sample" else mean
     return to_public(config, z)
 
@@ -86,17 +114,24 @@ def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[i
 # --- decode --------------------------------------------------------------------------------------
 def decode(config: DGAEConfig, denoise: Denoiser, latents: torch.Tensor, steps: int | None = None,
            seeds: int | Sequence[int] | None = None, solver: str | None = None, sample: Sample | None = None,
-           state_dtype: torch.dtype | None = None) -> torch.Tensor:
+           state_dtype: torch.dtype | None = None, tile: str = "auto",
+           tile_batch: int = DEFAULT_TILE_BATCH) -> torch.Tensor:
     """public latents [N, c, h, w] -> images [N, 3, h*f, w*f] in [-1, 1].
 
     The sampler state (x_t and the upsampled latent) lives in ``state_dtype`` (default: the
     latents'); ``sample(buf, plan)`` replaces the eager loop when given (its result may be a
-    buffer it reuses, hence the clone)."""
+    buffer it reuses, hence the clone). Images larger than a decode tile (``tile="auto"``) run
+    the denoiser on overlapping tiles, ``tile_batch`` per call, at every step (whole-decode fast
+    paths do not apply then)."""
     check_latents(config, latents)
     plan = SamplePlan.build(config.sampler, steps, solver)
     f = config.downsample_factor
     h, w = latents.shape[-2] * f, latents.shape[-1] * f
     buf = prepare_decode_buffer(from_public(config, latents), f, config.decoder_multiple,
                                 resolve_seeds(seeds, len(latents)), dtype=state_dtype)
-    out = sample(buf, plan) if sample is not None else run_sampler(denoise, buf, plan)
+    grid = decode_grid(config, *buf.shape[-2:], tile)
+    if grid is not None:
+        out = run_sampler(TiledDenoiser(denoise, grid, tile_batch), buf, plan)
+    else:
+        out = sample(buf, plan) if sample is not None else run_sampler(denoise, buf, plan)
     return out[..., :h, :w].clone()

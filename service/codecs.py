@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from dgae import pipeline
 from dgae.config import DGAEConfig
 from dgae.errors import InputError, TooLargeError
-from dgae.imageio import FitInfo, decode_image, encode_image, fit_image, restore_size
+from dgae.imageio import FitInfo, decode_image, encode_image, fit_image, image_size, restore_size
 from dgae.latents_io import IMAGES_KEY, META_KEY, check_latent_tensor, dump_npy, dump_safetensors, load_latents
 
 from .errors import UnsupportedMediaType
@@ -104,14 +104,28 @@ async def image_files(request: Request, body: bytes, max_items: int) -> list[tup
     return files
 
 
+def _nonempty(name: str, data: bytes) -> bytes:
+    if not data:
+        raise InputError(f"{name}: empty image file")
+    return data
+
+
+def image_pixels(files: list[tuple[str, bytes]], max_pixels: int) -> int:
+    """Total pixels of the uploaded images, from their headers alone (no pixel decoded); each image
+    is checked against ``max_pixels`` on the way."""
+    total = 0
+    for name, data in files:
+        w, h = image_size(_nonempty(name, data), name=name, max_pixels=max_pixels)
+        total += w * h
+    return total
+
+
 def decode_images(files: list[tuple[str, bytes]], f: int, fit: str,
                   max_pixels: int) -> tuple[list[np.ndarray], list[FitInfo]]:
     """Decode and fit every image (uint8 [H, W, 3]); all must share one size after fitting."""
     rgbs, infos = [], []
     for name, data in files:
-        if not data:
-            raise InputError(f"{name}: empty image file")
-        rgb = decode_image(data, name=name, max_pixels=max_pixels)
+        rgb = decode_image(_nonempty(name, data), name=name, max_pixels=max_pixels)
         try:
             rgb, info = fit_image(rgb, f, fit)
         except InputError as exc:
@@ -174,6 +188,14 @@ def check_latents(latents: torch.Tensor, config: DGAEConfig, max_items: int, max
     if h * w * f * f > max_pixels:
         raise TooLargeError(f"latents {h}x{w} decode to {h * f}x{w * f} = {h * w * f * f} pixels, over the "
                             f"limit of {max_pixels}")
+
+
+def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None]) -> int:
+    """Pixels a decode holds: each item's decoder output (h*f x w*f), or its recorded original size
+    when that is larger (a ``resize`` fit is undone at full size)."""
+    _, _, h, w = latents.shape
+    out = h * f * w * f
+    return sum(max(out, info.orig_height * info.orig_width if info else 0) for info in infos)
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def wait_ready(client: TestClient) -> None:
 
 def make_client(**overrides) -> TestClient:
     backend = overrides.pop("backend", None)
-    settings = ServiceSettings(**{"api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
+    settings = ServiceSettings(**{"backend": "torch", "api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
                                   "torch_threads": 1, **LIMITS.settings(), **overrides})
     return TestClient(create_app(settings, backend=backend))
 
@@ -188,7 +188,8 @@ def test_metrics_cover_requests_failures_batches_and_images(client):
 def test_openapi_documents_parameters_limits_and_errors(client):
     doc = client.get("/openapi.json").json()
     enc, dec = doc["paths"]["/encode"]["post"], doc["paths"]["/decode"]["post"]
-    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format"}
+    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format", "tile"}
+    assert {p["name"] for p in dec["parameters"]} == {"steps", "seed", "format", "quality", "tile"}
     steps = next(p for p in dec["parameters"] if p["name"] == "steps")
     assert steps["schema"]["anyOf"][0]["maximum"] == 64
     assert {"400", "401", "413", "415", "422", "500", "503", "504"} <= set(dec["responses"])
@@ -204,13 +205,19 @@ class Wrapped(Backend):
         self.inner, self.hook = inner, hook
         self.config, self.checkpoint_sha256 = inner.config, inner.checkpoint_sha256
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encode(self, images, mode="mean", seeds=None, tile="auto"):
         self.hook("encode", images)
-        return self.inner.encode(images, mode, seeds)
+        return self.inner.encode(images, mode, seeds, tile)
 
-    def decode(self, latents, steps=None, seeds=None):
+    def decode(self, latents, steps=None, seeds=None, tile="auto"):
         self.hook("decode", latents)
-        return self.inner.decode(latents, steps, seeds)
+        return self.inner.decode(latents, steps, seeds, tile)
+
+    def encoder_moments(self, images):
+        return self.inner.encoder_moments(images)
+
+    def denoise(self, buf, t):
+        return self.inner.denoise(buf, t)
 
     def info(self):
         return self.inner.info()
@@ -297,10 +304,10 @@ class ConfigOnly(Backend):
     def __init__(self):
         self.config = get_preset("tiny")
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encoder_moments(self, images):
         raise NotImplementedError
 
-    def decode(self, latents, steps=None, seeds=None):
+    def denoise(self, buf, t):
         raise NotImplementedError
 
     def info(self):

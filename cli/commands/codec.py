@@ -30,18 +30,18 @@ def load_images(paths: list[str], f: int, fit: str) -> tuple[list[np.ndarray], l
 
 
 def encode_batches(backend: Backend, rgbs: list[np.ndarray], mode: str, seeds: list[int],
-                   batch_size: int, progress: bool = True) -> torch.Tensor:
+                   batch_size: int, progress: bool = True, tile: str = "auto") -> torch.Tensor:
     out = []
     for i in tqdm(range(0, len(rgbs), batch_size), desc="encode", disable=not progress or len(rgbs) <= batch_size):
-        out.append(backend.encode(to_tensor(rgbs[i:i + batch_size]), mode, seeds[i:i + batch_size]))
+        out.append(backend.encode(to_tensor(rgbs[i:i + batch_size]), mode, seeds[i:i + batch_size], tile))
     return torch.cat(out)
 
 
 def decode_batches(backend: Backend, latents: torch.Tensor, steps: int | None, seeds: list[int],
-                   batch_size: int, progress: bool = True) -> np.ndarray:
+                   batch_size: int, progress: bool = True, tile: str = "auto") -> np.ndarray:
     out = []
     for i in tqdm(range(0, len(latents), batch_size), desc="decode", disable=not progress or len(latents) <= batch_size):
-        out.append(to_uint8(backend.decode(latents[i:i + batch_size], steps, seeds[i:i + batch_size])))
+        out.append(to_uint8(backend.decode(latents[i:i + batch_size], steps, seeds[i:i + batch_size], tile)))
     return np.concatenate(out)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from dgae.imageio import FIT_POLICIES
 from dgae.latents_io import dump_safetensors, encode_metadata
 from cli.commands.codec import encode_batches, load_images, seeds_for
-from cli.commands.common import add_checkpoint_arg, load_backend
+from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 
 DEFAULT_BATCH = 8
 
@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for --mode sample (item i uses seed+i)")
     p.add_argument("--fit", choices=FIT_POLICIES, default="pad")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    add_tile_arg(p)
     add_checkpoint_arg(p)
 
 
@@ -26,7 +27,7 @@ def run(args) -> int:
     f = backend.config.downsample_factor
     rgbs, infos = load_images(args.images, f, args.fit)
     seeds = seeds_for(args.seed if args.seed is not None else 0, len(rgbs))
-    latents = encode_batches(backend, rgbs, args.mode, seeds, args.batch_size)
+    latents = encode_batches(backend, rgbs, args.mode, seeds, args.batch_size, tile=tile_mode(args))
     meta = encode_metadata(backend.config, backend.checkpoint_sha256, args.mode, seeds,
                            [Path(n).name for n in args.images], infos)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
