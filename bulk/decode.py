@@ -57,6 +57,7 @@ class DecodeOptions:
     image_format: str = "png"
     shard_size: int = DEFAULT_SHARD_SIZE
     batch_size: int = DEFAULT_BATCH_SIZE
+    tile: str = "auto"
     manifest_format: str = "jsonl"
     overwrite: bool = False
     progress: bool = True
@@ -151,7 +152,7 @@ class DecodeContext:
             for start in range(0, len(group), opts.batch_size):
                 batch = group[start:start + opts.batch_size]
                 seeds = [key_seed(item.key, opts.seed) for item, *_ in batch]
-                rgbs = to_uint8(self.backend.decode(torch.stack([z for _, z, *_ in batch]), steps, seeds))
+                rgbs = to_uint8(self.backend.decode(torch.stack([z for _, z, *_ in batch]), steps, seeds, opts.tile))
                 for (item, _, info, label, source), seed, rgb in zip(batch, seeds, rgbs):
                     rgb = np.ascontiguousarray(restore_size(rgb, info))
                     name = f"{item.key}.{opts.image_format}"
@@ -182,7 +183,7 @@ def run_decode(opts: DecodeOptions, backend: Backend | None = None) -> dict[str,
             "inputs_sha256": items_digest(items), "checkpoint_sha256": sha, "backend": opts.backend,
             "precision": opts.precision, "device": opts.device, "steps": opts.steps, "seed": opts.seed,
             "output_format": opts.output_format, "image_format": opts.image_format, "shard_size": opts.shard_size,
-            "batch_size": opts.batch_size, "manifest_format": opts.manifest_format}
+            "batch_size": opts.batch_size, "tile": opts.tile, "manifest_format": opts.manifest_format}
     out = ShardedOutput(opts.out, plan, shard_format)
     out.open(overwrite=opts.overwrite)
     pending = out.pending(tasks)

@@ -65,6 +65,7 @@ class EncodeOptions:
     shard_size: int = DEFAULT_SHARD_SIZE
     manifest_format: str = "jsonl"
     batch_size: int = DEFAULT_BATCH_SIZE
+    tile: str = "auto"  # images larger than the model's tile: overlapping tiles ("off": one piece)
     workers: int = DEFAULT_WORKERS
     threads: int = 0
     strict: bool = False
@@ -130,9 +131,10 @@ class EncodeContext:
     def _encode(self, rgbs: list, group: list[Prepared], suffix: str) -> dict[str, torch.Tensor]:
         x = to_tensor(rgbs)
         if self.options.store == "moments":
-            mean, logvar = self.backend.moments(x)
+            mean, logvar = self.backend.moments(x, self.options.tile)
             return {MEAN + suffix: mean, LOGVAR + suffix: logvar}
-        return {LATENTS_KEY + suffix: self.backend.encode(x, self.options.store, self.seeds(group, suffix))}
+        return {LATENTS_KEY + suffix: self.backend.encode(x, self.options.store, self.seeds(group, suffix),
+                                                          self.options.tile)}
 
     def encode_group(self, group: list[Prepared]) -> list[SampleOut]:
         opts, dtype = self.options, PRECISIONS[self.options.dtype].torch_dtype
@@ -241,7 +243,7 @@ def plan_header(opts: EncodeOptions, items: list[Item], config: DGAEConfig, sha:
             "device": opts.device, "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
             "seed": opts.seed if opts.store == "sample" else None, "dtype": opts.dtype,
             "shard_format": opts.shard_format, "shard_size": opts.shard_size, "batch_size": opts.batch_size,
-            "manifest_format": opts.manifest_format}
+            "tile": opts.tile, "manifest_format": opts.manifest_format}
 
 
 def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) -> dict[str, Any]:
@@ -252,7 +254,7 @@ def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) 
             "preprocessing_text": opts.preprocess.describe(), "store": opts.store,
             "fields": list(stored_fields(opts.store, opts.preprocess.flip)), "dtype": opts.dtype,
             "seed": opts.seed if opts.store == "sample" else None, "shard_format": opts.shard_format,
-            "shard_size": opts.shard_size, "batch_size": opts.batch_size,
+            "shard_size": opts.shard_size, "batch_size": opts.batch_size, "tile": opts.tile,
             "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}
 
 

@@ -22,7 +22,11 @@ from PIL import Image
 from bulk.preprocess import adm_center_crop
 from cli.main import main
 from dgae.datasets import DATASET_FILE, ERRORS_FILE, LatentDataset, key_seed, read_shard, sample_tensors_bytes
+from dgae.checkpoint import save_checkpoint
+from dgae.config import TilingConfig
 from dgae.errors import InputError
+from dgae.model import DGAE
+from dgae.presets import get_preset
 from dgae.latents_io import load_latents
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +36,7 @@ KILL_IMAGES = 24
 KILL_SIDE = 64
 KILL_TIMEOUT_S = 240
 POLL_S = 0.02
+TILED_SIDE = 80  # > the 48 px encode tile of the test's checkpoint
 
 
 def write_images(folder: Path, n: int, side: int = SIDE, seed: int = 0, sub: bool = True,
@@ -321,6 +326,24 @@ def test_safetensors_shards_parquet_manifest_and_iterable_reading(tmp_path, tiny
     assert len(read_shard(out / "shards" / table[0]["shard"])) == 4
     loader = torch.utils.data.DataLoader(ds.iterable(), batch_size=None, num_workers=2)
     assert sorted(s["key"] for s in loader) == sorted(ds.key(i) for i in range(len(ds)))
+
+
+def test_tiled_images_match_dgae_encode_too(tmp_path):
+    """An image larger than the model's encode tile: bulk (mean, and moments -> LatentDataset) gives
+    what `dgae encode` gives, tiled; --no-tile gives the one-piece encode."""
+    torch.manual_seed(0)
+    config = get_preset("tiny").replace(tiling=TilingConfig(decode_tile=48, decode_overlap=16, encode_tile=48,
+                                                            encode_overlap=16))
+    ckpt = tmp_path / "tiled.safetensors"
+    save_checkpoint(DGAE(config), ckpt)
+    (path,) = write_images(tmp_path / "imgs", 1, side=TILED_SIDE, sub=False)
+    tiled = _dgae_encode(tmp_path, ckpt, [path])[0]
+    whole = _dgae_encode(tmp_path, ckpt, [path], "--no-tile")[0]
+    assert not torch.equal(tiled, whole)
+    for store, extra in (("mean", []), ("moments", []), ("mean", ["--no-tile"])):
+        out = tmp_path / f"out-{store}-{len(extra)}"
+        assert encode(tmp_path / "imgs", out, ckpt, "--store", store, *extra) == 0
+        assert torch.equal(LatentDataset(out)[0]["latents"], whole if extra else tiled)
 
 
 # --- decode-dataset ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from bulk.decode import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, IMAGE_FORMATS, OUTPUT_FORMATS, DecodeOptions, run_decode
+from cli.commands.common import tile_mode
 from cli.commands.encode_dataset import add_backend_arguments, backend_options
 
 
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
                          device=args.device, precision=args.precision, backend_options=backend_options(args),
                          steps=args.steps, seed=args.seed, output_format=args.output_format,
                          image_format=args.image_format, shard_size=args.shard_size, batch_size=args.batch_size,
+                         tile=tile_mode(args),
                          manifest_format=args.manifest, overwrite=args.overwrite, progress=not args.no_progress)
     summary = run_decode(opts)
     print(json.dumps({"out": args.out, **summary["counts"], "errors_file": summary["errors_file"]}))

@@ -7,7 +7,7 @@ import json
 from backends.factory import BACKENDS
 from bulk.encode import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_WORKERS, ENGINES, EncodeOptions, run_encode
 from bulk.preprocess import CROP_STYLES, Preprocess
-from cli.commands.common import add_checkpoint_arg
+from cli.commands.common import add_checkpoint_arg, add_tile_arg, tile_mode
 from dgae.datasets import MANIFEST_FORMATS, SHARD_FORMATS, STORE_MODES
 from dgae.errors import InputError
 from dgae.imageio import FIT_POLICIES
@@ -16,6 +16,7 @@ from dgae.precision import PRECISIONS
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_arg(p)
+    add_tile_arg(p)
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime (as the service's)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="the backend's compute precision")
     p.add_argument("--onnx-dir", default=None, help="onnxruntime: an export (default: the export cache)")
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                          device=args.device, precision=args.precision, backend_options=backend_options(args),
                          preprocess=pre, store=args.store, seed=args.seed, dtype=args.dtype,
                          shard_format=args.shard_format, shard_size=args.shard_size, manifest_format=args.manifest,
-                         batch_size=args.batch_size, workers=args.workers, threads=args.threads, strict=args.strict,
+                         batch_size=args.batch_size, tile=tile_mode(args), workers=args.workers,
+                         threads=args.threads, strict=args.strict,
                          folder_labels=args.folder_labels, overwrite=args.overwrite, progress=not args.no_progress,
                          engine=args.engine, ray_actors=args.ray_actors, ray_address=args.ray_address,
                          ray_num_cpus=args.ray_num_cpus, ray_cpus_per_actor=args.ray_cpus_per_actor,
