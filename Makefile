@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test data bulk-input bulk-demo bench-bulk demo train-default train-gpu eval bench lint clean
+.PHONY: install serve test data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ train-default: $(STAMP) data
 GPU_MINUTES ?= 5
 train-gpu: $(STAMP) data
 	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
+
+# distill the bundled model into a STUDENT_STEPS-step student on one GPU for DISTILL_MINUTES (then
+# `dgae eval` of student and teacher, each under EVAL_MINUTES); the bundled weights stay as they are
+DISTILL_MINUTES ?= 4
+STUDENT_STEPS ?= 1
+EVAL_MINUTES ?= 2
+distill-gpu: $(STAMP) data
+	PYTHON=$(PY) STUDENT_STEPS=$(STUDENT_STEPS) EVAL_MINUTES=$(EVAL_MINUTES) \
+		scripts/gpu_distill_default.sh $(DATA) runs/distill-$(STUDENT_STEPS)step $(DISTILL_MINUTES)
 
 eval: $(STAMP) data
 	$(PY) -m cli eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32

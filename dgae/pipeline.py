@@ -26,7 +26,7 @@ EncodeMode = Literal["mean", "sample"]
 ENCODE_MODES = ("mean", "sample")
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Sample = Callable[[torch.Tensor, SamplePlan], torch.Tensor]
-DEFAULT_TILE_BATCH = 4  # tiles per network call when the runtime sets no batch limit (bounds memory)
+DEFAULT_TILE_BATCH = 1  # tiles per network call (backends choose per device: see Backend.tile_batch)
 
 
 # --- input checks --------------------------------------------------------------------------------
@@ -69,15 +69,17 @@ def from_public(config: DGAEConfig, latents: torch.Tensor) -> torch.Tensor:
 def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
     """The latent-space tile grid for encoding an H x W image, or None when it fits one tile."""
     f, t = config.downsample_factor, config.tiling
-    grid = TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
-    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+    if check_tile_mode(tile) == "off" or max(height, width) <= t.encode_tile:
+        return None
+    return TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
 
 
 def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
     """The tile grid for the U-Net buffer of an H x W (padded) decode, or None when it fits one tile."""
     t = config.tiling
-    grid = TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
-    return grid if check_tile_mode(tile) == "auto" and grid.tiled else None
+    if check_tile_mode(tile) == "off" or max(height, width) <= t.decode_tile:
+        return None
+    return TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
 
 
 def encode_moments(config: DGAEConfig, moments: Moments, images: torch.Tensor, tile: str = "auto",
