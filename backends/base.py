@@ -99,14 +99,23 @@ class Backend(abc.ABC):
         pipeline.check_mode(mode)
         check_tile_mode(tile)
         seeds = resolve_seeds(seeds, len(images)) if mode == "sample" else None
-
-        def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
-            return mean.float(), logvar.float()
-
-        return _cat([pipeline.encode(self.config, moments, images[sl], mode, seeds and seeds[sl], tile,
+        return _cat([pipeline.encode(self.config, self._moments, images[sl], mode, seeds and seeds[sl], tile,
                                      self.tile_batch).cpu()
                      for sl in self.chunks(len(images))])
+
+    @torch.no_grad()
+    def moments(self, images: torch.Tensor, tile: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw posterior (mean, logvar) [N, c, H/f, W/f], float32 on the CPU (what ``encode``
+        scales or samples from, tiled alike; bulk encoding stores it so training can resample)."""
+        pipeline.check_images(self.config, images)
+        check_tile_mode(tile)
+        parts = [pipeline.encode_moments(self.config, self._moments, images[sl], tile, self.tile_batch)
+                 for sl in self.chunks(len(images))]
+        return _cat([m.cpu() for m, _ in parts]), _cat([lv.cpu() for _, lv in parts])
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
+        return mean.float(), logvar.float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
