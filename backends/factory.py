@@ -1,13 +1,17 @@
 """Create a backend by name: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto``.
 
-``auto`` picks the fastest runtime available on this machine, in the order TensorRT > ONNX
-Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU, and logs why each faster one was
-skipped. ``device`` narrows it: ``cpu`` considers only CPU runtimes, ``cuda[:N]`` only GPU ones,
+``auto`` starts the fastest runtime that is available and verified on this machine, in the order
+TensorRT > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU (channels_last): a
+runtime whose start fails (e.g. its export does not validate) is skipped like an unavailable one,
+and the reason for the choice, naming every faster runtime skipped and why, is logged and kept
+as ``backend.auto_reason`` and ``backend.auto_skipped`` (the service shows both in ``/v1/model``). ``device`` narrows it: ``cpu`` considers only CPU runtimes, ``cuda[:N]`` only GPU ones,
 ``auto`` (or None) both.
 
 Options (keyword arguments):
 - torch: ``compile`` (bool, torch.compile the encoder and denoiser), ``cuda_graph`` (bool, replay
-  each untiled decode as one captured CUDA graph, :mod:`backends.cuda_graph`; CUDA only).
+  each untiled decode as one captured CUDA graph, :mod:`backends.cuda_graph`; CUDA only),
+  ``channels_last`` (bool; NHWC convolutions, faster on CPU; what ``auto`` uses there). ``auto``
+  passes the torch-only options to the torch candidates only (and logs that it dropped them).
 - onnxruntime: ``onnx_dir`` (an export from ``dgae export onnx``; when omitted the checkpoint is
   exported once into the cache, see :mod:`export.cache`), ``threads`` (intra-op threads, default
   all usable cores), ``use_unrolled`` (default True), ``tensorrt_ep`` (ORT's TensorRT provider).
@@ -25,13 +29,13 @@ import torch
 from dgae.checkpoint import resolve_checkpoint
 
 from dgae.hashing import file_sha256
-from dgae.errors import BackendError
+from dgae.errors import BackendError, DGAEError
 from .base import Backend
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
-TORCH_ONLY_OPTIONS = ("compile", "cuda_graph")  # ignored (with a log line) when auto picks another runtime
+TORCH_ONLY_OPTIONS = ("compile", "cuda_graph", "channels_last")  # auto passes them to torch candidates only
 CUDA_EP = "CUDAExecutionProvider"
 
 
@@ -94,29 +98,47 @@ def auto_candidates(device: str | None = "auto", **options) -> list[Candidate]:
 
 
 def choose_auto(device: str | None = "auto", **options) -> Candidate:
+    """The fastest available candidate (without starting it)."""
     candidates = auto_candidates(device, **options)
-    chosen = next(c for c in candidates if c.available) if any(c.available for c in candidates) else None
+    chosen = next((c for c in candidates if c.available), None)
     if chosen is None:  # pragma: no cover - torch-cpu is always available when the CPU is allowed
         raise BackendError("backend=auto: nothing can run here: " + "; ".join(f"{c.label}: {c.reason}" for c in candidates))
-    skipped = [f"{c.label} ({c.reason})" for c in candidates[: candidates.index(chosen)]]
-    log.info("backend=auto chose %s on %s: %s%s", chosen.label, chosen.device, chosen.reason,
-             f"; faster ones skipped: {', '.join(skipped)}" if skipped else "")
     return chosen
+
+
+def _without_torch_only(options: dict, label: str) -> dict:
+    dropped = [k for k in TORCH_ONLY_OPTIONS if options.get(k)]
+    if dropped:
+        log.info("backend=auto: %s apply to the torch backend only and are not passed to %s", ", ".join(dropped), label)
+    return {k: v for k, v in options.items() if k not in TORCH_ONLY_OPTIONS}
+
+
+def create_auto(checkpoint, device: str | None, precision: str, max_batch_size: int, **options) -> Backend:
+    """Start the fastest candidate that starts; a failed start falls through to the next one."""
+    skipped: list[str] = []
+    for c in auto_candidates(device, **options):
+        if not c.available:
+            skipped.append(f"{c.label} ({c.reason})")
+            continue
+        extra = {"channels_last": True} if c.kind == "torch" and c.device == "cpu" else {}
+        opts = options if c.kind == "torch" else _without_torch_only(options, c.label)
+        try:
+            backend = create_backend(c.kind, checkpoint, c.device, precision, max_batch_size, **{**opts, **extra})
+        except DGAEError as exc:
+            log.warning("backend=auto: %s did not start: %s", c.label, exc)
+            skipped.append(f"{c.label} (failed to start: {exc})")
+            continue
+        backend.auto_reason, backend.auto_skipped = f"{c.label}: {c.reason}", skipped
+        log.info("backend=auto chose %s on %s: %s%s", c.label, c.device, c.reason,
+                 f"; faster ones skipped: {', '.join(skipped)}" if skipped else "")
+        return backend
+    raise BackendError("backend=auto: nothing could start here: " + "; ".join(skipped))
 
 
 def create_backend(kind: str, checkpoint: str | os.PathLike | None, device: str = "cpu", precision: str = "fp32",
                    max_batch_size: int = 0, **options) -> Backend:
     if kind == "auto":
-        chosen = choose_auto(device, **options)
-        if chosen.kind != "torch":
-            dropped = [k for k in TORCH_ONLY_OPTIONS if options.get(k)]
-            if dropped:
-                log.info("backend=auto chose %s: %s apply to the torch backend only and are ignored",
-                         chosen.label, ", ".join(dropped))
-            options = {k: v for k, v in options.items() if k not in TORCH_ONLY_OPTIONS}
-        backend = create_backend(chosen.kind, checkpoint, chosen.device, precision, max_batch_size, **options)
-        backend.auto_reason = f"{chosen.label}: {chosen.reason}"
-        return backend
+        return create_auto(checkpoint, device, precision, max_batch_size, **options)
     if kind in BACKENDS and kind != "torch" and options.get("cuda_graph"):
         raise BackendError(f"cuda_graph applies to the torch backend only, not {kind!r}")
     if kind == "torch":
@@ -125,7 +147,8 @@ def create_backend(kind: str, checkpoint: str | os.PathLike | None, device: str 
         return TorchBackend.from_checkpoint(resolve_checkpoint(checkpoint), device=device, precision=precision,
                                             compile=bool(options.get("compile", False)),
                                             max_batch_size=max_batch_size,
-                                            cuda_graph=bool(options.get("cuda_graph", False)))
+                                            cuda_graph=bool(options.get("cuda_graph", False)),
+                                            channels_last=bool(options.get("channels_last", False)))
     if kind == "onnxruntime":
         from backends.onnxruntime_backend import OnnxRuntimeBackend  # noqa: PLC0415
 

@@ -138,7 +138,8 @@ class OnnxRuntimeBackend(Backend):
         self.manifest, self.config = manifest, manifest.model_config()
         self.checkpoint_sha256 = manifest.checkpoint_sha256
         self.precision = manifest.precision
-        self.dtype = self.state_dtype = get_precision(manifest.precision, BackendError, NUMPY_PRECISIONS).torch_dtype
+        self.dtype = get_precision(manifest.precision, BackendError, NUMPY_PRECISIONS).torch_dtype
+        self.state_dtype = torch.float32  # the sampler state stays fp32; inputs are cast per call
         self.max_batch_size = max_batch_size
         self.threads = threads or default_threads()
         providers = requested_providers(device, tensorrt_ep, self.precision, str(self.onnx_dir / "trt_cache"))

@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick 2)")
     p.add_argument("--steps", type=int_list, default=None, help="DGAE step counts (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row")
+    p.add_argument("--backend", default="auto", help="DGAE backend (default auto: what a user gets by default)")
     add_clock_argument(p)
 
     p = sub.add_parser("sizes", help="encode/decode cost per megapixel and peak RSS vs image size, tiled and untiled")
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="decode steps (default 1)")
     p.add_argument("--untiled-max", type=int, default=None, help="largest side also run untiled (default 1024)")
     p.add_argument("--backend", default="torch", help="backend name for backends.factory (default torch)")
+    add_clock_argument(p)
 
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
@@ -201,7 +203,7 @@ def run_sizes(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
     chosen = args.sizes or (sizes.QUICK_SIZES if args.quick else sizes.DEFAULT_SIZES)
     report = sizes.run(checkpoint, tuple(chosen), args.steps or sizes.DEFAULT_STEPS,
                        args.untiled_max or (max(chosen) if args.quick else sizes.DEFAULT_UNTILED_MAX),
-                       args.backend, args.threads)
+                       args.backend, args.threads, args.clock)
     print(sizes.results_table(report))
     report["failed"] = any("error" in r for r in report["rows"])
     report["checkpoint_path"] = str(checkpoint)

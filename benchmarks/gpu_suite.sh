@@ -7,7 +7,7 @@
 #            torch eager bf16, CUDA graph, Triton kernels, Triton + CUDA graph, then torch.compile;
 #            decoder FLOPs counted, each row as a fraction of the measured peak
 #                                                            (python -m benchmarks.gpu_suite decode)
-#   anchors  SD-VAE / TAESD decode beside DGAE f8c4-B at 256 px, bf16     (dgae bench anchors)
+#   anchors  SD-VAE / TAESD decode beside DGAE f8c4-B (torch) at 256 px, bf16 (dgae bench anchors)
 #   merge    OUT_DIR/gpu-suite.json (every step's exit status included)   (... gpu_suite merge)
 # Each step runs in its own process under a hard time limit (they sum to <= 8 min); the decode
 # steps also stop starting cases at their budget and keep what they measured; a step that fails
@@ -102,7 +102,7 @@ for preset in "${PRESETS[@]}"; do   # last: a compile that runs long only costs 
     --preset "$preset" --variants compile --budget-s $((COMPILE_LIMIT_S - BUDGET_MARGIN_S)) "${SUITE_ARGS[@]}"
 done
 run_step anchors "$ANCHORS_LIMIT_S" "$PYTHON" -m cli bench anchors --device "$DEVICE" --no-plot \
-  --out "$PARTS" "${ANCHORS_ARGS[@]}"
+  --backend torch --out "$PARTS" "${ANCHORS_ARGS[@]}"
 echo "=== suite steps took $((SECONDS - SUITE_START))s"
 timeout --signal=TERM --kill-after=5 "$MERGE_LIMIT_S" \
   "$PYTHON" -m benchmarks.gpu_suite merge --parts "$PARTS" --out "$OUT" "${SUITE_ARGS[@]}" 2>&1 \

@@ -79,7 +79,8 @@ def sizes_md(report: dict) -> str:
               for s in report["summary"] if s["size"] != s["base_size"]]
     base = min(report["sizes"])
     return "\n".join([_machine_line(report), "",
-                      f"One image per call, backend `{report['backend']}`, decode {report['steps']} step(s); every "
+                      f"One image per call, backend `{report['backend']}`, decode {report['steps']} step(s), "
+                      f"{report.get('clock', 'wall')} clock; every "
                       f"row a fresh process (its own peak RSS); tiles {report['tiling']}.", "",
                       _table(["op", "side px", "tiling", "seconds", "s / MP", "peak RSS GiB"], rows), "",
                       _table(["op", "tiling", "side px", f"cost/MP ÷ at {base} px"], ratios)])

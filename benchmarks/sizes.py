@@ -2,7 +2,8 @@
 
 Each (size, tiling, operation) runs in a fresh process, so its peak RSS (VmHWM) is its own: the
 process loads the backend, warms it up on a small image, then times one call at the target size
-(the median of ``repeats`` calls at small sizes). Untiled rows run only up to ``untiled_max``
+(the median of ``repeats`` calls at small sizes), in wall time or, with ``--clock cpu``, in the
+process's CPU time (with ``--threads 1``: the cost on a dedicated core, robust to other load). Untiled rows run only up to ``untiled_max``
 (beyond it they need more memory than the machine has: that is the point of tiling). The summary
 gives decode cost per megapixel at each size divided by the cost per megapixel at the smallest
 size, from the same run and the same steps.
@@ -60,11 +61,12 @@ def child(spec: dict) -> dict:
         return backend.decode(torch.randn(1, c, s // f, s // f, generator=gen), steps, [0], tile=tile)
 
     call(WARMUP_SIDE)
+    clock = time.process_time if spec.get("clock") == "cpu" else time.perf_counter
     times = []
     for _ in range(SMALL_REPEATS if side <= SMALL_SIDE else 1):
-        started = time.perf_counter()
+        started = clock()
         call(side)
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return {"seconds": statistics.median(times), "peak_rss_bytes": peak_rss_bytes(),
             "backend": backend.info().name, "threads": torch.get_num_threads()}
 
@@ -82,7 +84,7 @@ def run_case(spec: dict) -> dict:
 
 
 def run(checkpoint: Path, sizes: tuple[int, ...], steps: int, untiled_max: int, backend: str,
-        threads: int | None) -> dict:
+        threads: int | None, clock: str = "wall") -> dict:
     from dgae.checkpoint import read_config  # noqa: PLC0415
 
     config = read_config(checkpoint)
@@ -96,7 +98,7 @@ def run(checkpoint: Path, sizes: tuple[int, ...], steps: int, untiled_max: int, 
                 continue
             for op in OPS:
                 spec = {"checkpoint": str(checkpoint), "size": side, "tile": tile, "op": op, "steps": steps,
-                        "backend": backend, "threads": threads}
+                        "backend": backend, "threads": threads, "clock": clock}
                 log.info("sizes: %s %dpx tile=%s", op, side, tile)
                 result = run_case(spec)
                 row = {"op": op, "size": side, "tile": tile, "steps": steps if op == "decode" else None,
@@ -105,7 +107,7 @@ def run(checkpoint: Path, sizes: tuple[int, ...], steps: int, untiled_max: int, 
                     row["s_per_mp"] = row["seconds"] / row["megapixels"]
                 rows.append(row)
                 print(format_row(row), flush=True)
-    return {"benchmark": "sizes", "backend": backend, "steps": steps, "sizes": list(sizes),
+    return {"benchmark": "sizes", "backend": backend, "steps": steps, "sizes": list(sizes), "clock": clock,
             "untiled_max": untiled_max, "tiling": config.tiling.__dict__, "rows": rows,
             "summary": summarize(rows)}
 

@@ -126,9 +126,14 @@ def prepare_decode_buffer(raw_latents: torch.Tensor, f: int, multiple: int, seed
     z = pad_latents(raw_latents, f, multiple)
     size = (z.shape[-2] * f, z.shape[-1] * f)
     dtype = dtype or z.dtype
-    cond = F.interpolate(z.to(dtype), size=size, mode="nearest")
-    noise = per_sample_noise(seeds, (IMAGE_CHANNELS, *size), device=z.device, dtype=dtype)
-    return make_buffer(noise, cond)
+    buf = torch.empty((len(seeds), IMAGE_CHANNELS + z.shape[1], *size), dtype=dtype, device=z.device)
+    buf[:, IMAGE_CHANNELS:] = F.interpolate(z, size=size, mode="nearest")
+    if buf.device.type == "cpu" and dtype == torch.float32:  # draw each item's noise in place
+        for i, s in enumerate(seeds):
+            torch.randn((IMAGE_CHANNELS, *size), generator=torch.Generator().manual_seed(int(s)), out=buf[i, :IMAGE_CHANNELS])
+    else:
+        buf[:, :IMAGE_CHANNELS] = per_sample_noise(seeds, (IMAGE_CHANNELS, *size), device=z.device, dtype=dtype)
+    return buf
 
 
 def make_buffer(noise: torch.Tensor, cond_up: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ TensorRT profiles), and a tile's result does not depend on which tiles share its
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +26,7 @@ from .errors import InputError
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TILE_MODES = ("auto", "off")
+GRID_CACHE_SIZE = 64  # distinct (size, tile, overlap) grids kept
 
 
 def check_tile_mode(mode: str) -> str:
@@ -77,6 +79,7 @@ class TileGrid:
     weights: torch.Tensor  # [tiles, tile_h, tile_w] fp32, normalised
 
     @classmethod
+    @functools.lru_cache(maxsize=GRID_CACHE_SIZE)  # immutable: a size seen again costs nothing
     def build(cls, height: int, width: int, tile: int, overlap: int) -> "TileGrid":
         ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
         th, tw = min(height, tile), min(width, tile)

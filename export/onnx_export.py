@@ -131,9 +131,10 @@ def save_graph(proto, path: Path) -> None:
 def compose_unrolled(denoiser, plan: SamplePlan):
     """N-step decode graph from N (Heun: 2N - 1) inlined copies of the denoiser sharing weights.
 
-    Per step, exactly as kernels.euler_step_reference: x <- to_io(fp32(x) + dt * fp32(v)); Heun's
-    corrector x <- to_io(fp32(x_pred) + (dt / 2) * (fp32(v2) - fp32(v))); the last step clamps to
-    [-1, 1]. ``t`` is the fp32 table value broadcast over the batch, as in run_sampler.
+    The sampler state stays fp32 between steps, as on every runtime (only the denoiser's inputs are
+    cast to the graph's I/O dtype): x <- x + dt * fp32(v); Heun's corrector x <- x_pred + (dt / 2) *
+    (fp32(v2) - fp32(v)); the last step clamps to [-1, 1] and the image is cast to the I/O dtype.
+    ``t`` is the fp32 table value broadcast over the batch, as in run_sampler.
     """
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
@@ -179,25 +180,24 @@ def compose_unrolled(denoiser, plan: SamplePlan):
             nodes.append(copy)
         return rename(g.output[0].name)
 
-    state = {"x": "noise", "calls": 0}
+    state = {"x": to_f32("noise"), "calls": 0}  # x: the fp32 sampler state
 
     def denoise_at(i: int) -> str:  # the denoiser on the current state at time plan.ts[i]
         state["calls"] += 1
-        return denoise(f"d{state['calls']}", state["x"], plan.ts[i])
+        return denoise(f"d{state['calls']}", to_io(state["x"]), plan.ts[i])
 
     def update(v: str, dt: float, clamp: bool, v_prev: str | None) -> None:
         prefix = f"u{state['calls']}" + ("c" if v_prev is not None else "")
         x = state["x"]
         delta = to_f32(v) if v_prev is None else node("Sub", [to_f32(v), to_f32(v_prev)], f"{prefix}/dv")
         coef = dt if v_prev is None else 0.5 * dt  # Heun's corrector averages the two velocities
-        new = node("Add", [to_f32(x), node("Mul", [delta, const(f"{prefix}/dt", coef)], f"{prefix}/step")],
-                   f"{prefix}/x")
+        new = node("Add", [x, node("Mul", [delta, const(f"{prefix}/dt", coef)], f"{prefix}/step")], f"{prefix}/x")
         if clamp:
             new = node("Clip", [new, const(f"{prefix}/lo", -1.0), const(f"{prefix}/hi", 1.0)], f"{prefix}/clamped")
-        state["x"] = to_io(new)
+        state["x"] = new
 
     integrate(plan, denoise_at, update)  # the same Euler/Heun loop as run_sampler
-    x = state["x"]
+    x = to_io(state["x"])
     nodes.append(helper.make_node("Identity", [x], ["image"], name="u/output"))
 
     by_name = {v.name: v for v in g.input}

@@ -70,6 +70,15 @@ class ModelInfo(BaseModel):
     formats: dict[str, list[str]]
 
 
+def backend_reason(backend: Backend, requested: str) -> str:
+    """Why this runtime serves: the auto choice and every faster runtime skipped, or the request."""
+    reason = getattr(backend, "auto_reason", "")
+    if not reason:
+        return f"backend={requested} was requested"
+    skipped = getattr(backend, "auto_skipped", [])
+    return f"backend=auto chose {reason}" + (f"; faster ones skipped: {'; '.join(skipped)}" if skipped else "")
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp, state: ServiceState):
         self.app, self.state = app, state
@@ -163,7 +172,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                          checkpoint_sha256=svc.backend.checkpoint_sha256, backend=info.name, device=info.device,
                          precision=info.precision, providers=list(info.providers),
                          steps=StepsRange(min=1, max=spec.max_steps, default=spec.default_steps), limits=limits,
-                         backend_reason=getattr(svc.backend, "auto_reason", "") or f"backend={s.backend} was requested",
+                         backend_reason=backend_reason(svc.backend, s.backend),
                          tiling=dataclasses.asdict(svc.backend.config.tiling),
                          formats={"encode": ["safetensors", "npy", "json"],
                                   "decode": [*codecs.IMAGE_FORMATS, "safetensors", "npy"]})

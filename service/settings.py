@@ -28,7 +28,9 @@ class ServiceSettings(BaseSettings):
 
     # --- model / runtime ----------------------------------------------------------------
     checkpoint: str | None = Field(None, description="checkpoint .safetensors (default: bundled weights/)")
-    backend: str = Field("torch", description="backend name understood by backends.factory")
+    backend: str = Field("auto", description="backend name understood by backends.factory; auto: the fastest "
+                                             "that starts here (CPU: ONNX Runtime with a cached, validated "
+                                             "export, else torch channels_last)")
     device: str = Field("cpu", description="cpu | cuda[:N]")
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")

@@ -25,25 +25,27 @@ def test_factory_refuses_cuda_graph_for_other_runtimes(tiny_checkpoint):
         create_backend("onnxruntime", tiny_checkpoint, cuda_graph=True)
 
 
-def test_auto_on_cpu_drops_torch_only_options_for_another_runtime(tiny_checkpoint, monkeypatch, caplog):
-    """auto may pick ONNX Runtime: cuda_graph/compile must not reach (and break) it."""
+def test_auto_passes_torch_only_options_to_torch_candidates_only(tiny_checkpoint, monkeypatch, caplog):
+    """auto may start ONNX Runtime: cuda_graph/compile must not reach (and break) it."""
     from backends import factory
 
-    seen = {}
+    seen = []
     real = factory.create_backend
 
     def spy(kind, checkpoint, device="cpu", precision="fp32", max_batch_size=0, **options):
-        if kind != "auto":
-            seen.update(kind=kind, options=options)
-            raise BackendError("stop here")
-        return real(kind, checkpoint, device, precision, max_batch_size, **options)
+        if kind == "auto":
+            return real(kind, checkpoint, device, precision, max_batch_size, **options)
+        seen.append((kind, options))
+        raise BackendError("does not start here")
 
     monkeypatch.setattr(factory, "create_backend", spy)
-    monkeypatch.setattr(factory, "choose_auto", lambda device, **o: factory.Candidate(
-        "onnxruntime-cpu", "onnxruntime", "cpu", True, "test"))
-    with caplog.at_level("INFO", logger="backends.factory"), pytest.raises(BackendError, match="stop here"):
-        real("auto", tiny_checkpoint, device="cpu", cuda_graph=True, compile=True, threads=1)
-    assert seen == {"kind": "onnxruntime", "options": {"threads": 1}}
+    monkeypatch.setattr(factory, "auto_candidates", lambda device, **o: [
+        factory.Candidate("onnxruntime-cuda", "onnxruntime", "cuda", True, "test"),
+        factory.Candidate("torch-cuda", "torch", "cuda", True, "test")])
+    with caplog.at_level("INFO", logger="backends.factory"), pytest.raises(BackendError, match="nothing could start"):
+        real("auto", tiny_checkpoint, device="cuda", cuda_graph=True, compile=True, threads=1)
+    assert seen == [("onnxruntime", {"threads": 1}),
+                    ("torch", {"cuda_graph": True, "compile": True, "threads": 1})]
     assert "compile, cuda_graph apply to the torch backend only" in caplog.text
 
 
@@ -68,8 +70,8 @@ def test_cuda_graph_setting_reaches_the_backend(monkeypatch, tiny_checkpoint):
 
     got = {}
     monkeypatch.setattr(factory, "create_backend", lambda kind, ckpt, **kw: got.update(kind=kind, **kw) or "b")
-    state = ServiceState(ServiceSettings(checkpoint=str(tiny_checkpoint), device="cuda", cuda_graph=True,
-                                         compile=True))
+    state = ServiceState(ServiceSettings(checkpoint=str(tiny_checkpoint), backend="torch", device="cuda",
+                                         cuda_graph=True, compile=True))
     assert state._create_backend() == "b"
     assert got["kind"] == "torch" and got["cuda_graph"] is True and got["compile"] is True and got["device"] == "cuda"
 
@@ -113,7 +115,7 @@ def test_graphs_share_one_pool_and_eviction_bounds_memory(tiny_checkpoint):
     recaptured evicted shape still decodes right."""
     eager = TorchBackend.from_checkpoint(tiny_checkpoint, device="cuda")
     graphed = TorchBackend.from_checkpoint(tiny_checkpoint, device="cuda", cuda_graph=True)
-    graphed._graphed = cuda_graph.GraphedSampler(graphed._denoise, graphed.device, max_graphs=2)
+    graphed._graphed = cuda_graph.GraphedSampler(graphed.denoise, graphed.device, max_graphs=2)
     rounds, sides = 3, (10, 8, 6, 4)                       # a cache of 2: every decode below recaptures
     reserved = []
     for _ in range(rounds):

@@ -42,7 +42,7 @@ def _restore_torch_threads():
 
 
 def make_client(checkpoint, **overrides) -> TestClient:
-    settings = ServiceSettings(**{"checkpoint": str(checkpoint), "max_wait_ms": 5, "torch_threads": 1,
+    settings = ServiceSettings(**{"backend": "torch", "checkpoint": str(checkpoint), "max_wait_ms": 5, "torch_threads": 1,
                                   "default_steps": 1, **overrides})
     return TestClient(create_app(settings))
 

@@ -40,7 +40,7 @@ def wait_ready(client: TestClient) -> None:
 
 def make_client(**overrides) -> TestClient:
     backend = overrides.pop("backend", None)
-    settings = ServiceSettings(**{"api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
+    settings = ServiceSettings(**{"backend": "torch", "api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
                                   "torch_threads": 1, **LIMITS.settings(), **overrides})
     return TestClient(create_app(settings, backend=backend))
 
