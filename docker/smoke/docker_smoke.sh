@@ -123,6 +123,8 @@ compose() { docker compose -f "$COMPOSE_FILE" --profile cpu "$@"; }
 dump_state() {
     log "state of project $PROJECT:"
     compose ps -a >&2 || true
+    compose logs --no-color --timestamps >"$WORK/compose.log" 2>&1 || true
+    log "last $LOG_TAIL_LINES lines of each container's log (all of them: $WORK/compose.log):"
     compose logs --no-color --tail "$LOG_TAIL_LINES" >&2 || true
     [[ -f $WORK/local-serve.log ]] && { log "local dgae serve log:"; tail -n "$LOG_TAIL_LINES" "$WORK/local-serve.log" >&2; }
     return 0
