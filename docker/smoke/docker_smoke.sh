@@ -95,6 +95,7 @@ STARTED_DOCKERD_PID=""
 LOCAL_SERVE_PID=""
 TRAFFIC_PID=""
 STACK_UP=0
+FILLED_INPUTS=0
 SCRIPT_T0=$(date +%s)
 declare -A RESULT=()
 RESULT_KEYS=()
@@ -156,7 +157,7 @@ cleanup() {
     if ((STACK_UP)); then
         timeout "$DOWN_TIMEOUT_S" docker compose -f docker/compose.yaml --profile cpu down -v >&2 || log "compose down failed"
     fi
-    find "$BUILD_INPUTS" -mindepth 1 ! -name README.md -delete 2>/dev/null
+    ((FILLED_INPUTS)) && empty_build_inputs
     [[ -n $STARTED_DOCKERD_PID ]] && stop_pid "$STARTED_DOCKERD_PID" "the dockerd started here"
     log "total $(($(date +%s) - SCRIPT_T0)) s"
     exit "$rc"
@@ -270,8 +271,13 @@ ensure_bases() {
 }
 
 # ---- 3. the CPU image ---------------------------------------------------------------------------
+empty_build_inputs() { find "$BUILD_INPUTS" -mindepth 1 ! -path "$BUILD_INPUTS/README.md" -delete; }
+
 prepare_build_inputs() {
-    find "$BUILD_INPUTS" -mindepth 1 ! -name README.md -delete
+    # Never touch files someone else put there (an air-gapped site's wheels, say).
+    [[ -z $(find "$BUILD_INPUTS" -mindepth 1 ! -path "$BUILD_INPUTS/README.md" -print -quit) ]] ||
+        die "$BUILD_INPUTS holds files not made by this script: move them away (the smoke fills and empties it)"
+    FILLED_INPUTS=1
     if [[ -n $CA_BUNDLE ]]; then
         [[ -r $CA_BUNDLE ]] || die "CA bundle $CA_BUNDLE not readable (DGAE_SMOKE_CA_BUNDLE)"
         cp "$CA_BUNDLE" "$BUILD_INPUTS/ca-certificates.crt"
@@ -306,7 +312,8 @@ build_cpu_image() {
     timeout "$BUILD_TIMEOUT_S" \
     docker build -f docker/Dockerfile --target cpu -t dgae-serve:cpu "${BUILD_ARGS[@]}" .  # README
     record build_seconds "$(elapsed "$t0")"
-    find "$BUILD_INPUTS" -mindepth 1 ! -name README.md -delete
+    empty_build_inputs
+    FILLED_INPUTS=0
 }
 
 check_image() {
