@@ -39,7 +39,8 @@ NGINX_SUITE=${DGAE_SMOKE_NGINX_SUITE:-unstable}
 NGINX_MIN_VERSION=1.27.3
 LOCAL_PYTHON_BASE=dgae-local/python3:$PYTHON_SUITE
 LOCAL_NGINX_ROOTFS=dgae-local/debian-nginx-rootfs:$NGINX_SUITE
-LOCAL_NGINX_IMAGE=dgae-local/nginx:$NGINX_SUITE
+# Tagged by its files' content: a change to docker/smoke/local-nginx/ builds a new one.
+LOCAL_NGINX_IMAGE=dgae-local/nginx:$NGINX_SUITE-$(cat docker/smoke/local-nginx/* | sha256sum | cut -c1-12)
 # The machine's CA bundle, given to the builder stages for pip (a TLS-intercepting proxy); empty: none.
 CA_BUNDLE=${DGAE_SMOKE_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
 # A CPU torch wheel for the build (empty: `pip download` it with the host pip's own sources, or
@@ -63,7 +64,7 @@ MAX_REPLICA_CPUS=8
 # Time limits (seconds).
 APT_TIMEOUT_S=600
 DOCKERD_START_TIMEOUT_S=60
-DOCKERD_STOP_TIMEOUT_S=30
+STOP_TIMEOUT_S=30
 PULL_TIMEOUT_S=120
 DEBOOTSTRAP_TIMEOUT_S=900
 BUILD_TIMEOUT_S=${DGAE_SMOKE_BUILD_TIMEOUT_S:-1800}
@@ -131,12 +132,12 @@ dump_state() {
     return 0
 }
 
-stop_pid() {  # stop_pid PID NAME: SIGTERM, then SIGKILL after DOCKERD_STOP_TIMEOUT_S
+stop_pid() {  # stop_pid PID NAME: SIGTERM, then SIGKILL after STOP_TIMEOUT_S
     local pid=$1 name=$2 i
     kill -0 "$pid" 2>/dev/null || return 0
     log "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
-    for ((i = 0; i < DOCKERD_STOP_TIMEOUT_S * 2; i++)); do
+    for ((i = 0; i < STOP_TIMEOUT_S * 2; i++)); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep "$POLL_S"
     done
