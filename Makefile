@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= serve,export,kernels,train,dev
+EXTRAS ?= serve,client,export,kernels,train,dev
 HOST ?= 0.0.0.0
 PORT ?= 8000
 DATA ?= data/photos
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(PY) -m dgae serve --host $(HOST) --port $(PORT)
+	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra
@@ -38,13 +38,13 @@ test-docker: $(STAMP)
 	DGAE_SMOKE_PYTHON=$(abspath $(PY)) docker/smoke/docker_smoke.sh
 
 data: $(STAMP)
-	$(PY) -m dgae.data.fetch --out $(DATA)
+	$(PY) -m training.data.fetch --out $(DATA)
 
 demo: $(STAMP)
-	$(PY) -m dgae roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
+	$(PY) -m cli roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
 
 train-default: $(STAMP) data
-	$(PY) -m dgae train --recipe cpu-default --data $(DATA) --out runs/default --max-minutes 100
+	$(PY) -m cli train --recipe cpu-default --data $(DATA) --out runs/default --max-minutes 100
 
 # continue the bundled model on one GPU for GPU_MINUTES (how the bundled weights' last stage ran)
 GPU_MINUTES ?= 5
@@ -52,12 +52,12 @@ train-gpu: $(STAMP) data
 	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
 
 eval: $(STAMP) data
-	$(PY) -m dgae eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32
-	$(PY) -m dgae eval --data $(DATA) --out weights/eval/grid4 --crops-per-image 4 --steps 1,2,4,8 --no-kid
+	$(PY) -m cli eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32
+	$(PY) -m cli eval --data $(DATA) --out weights/eval/grid4 --crops-per-image 4 --steps 1,2,4,8 --no-kid
 
 .PHONY: model-card
 model-card: $(STAMP)
-	$(PY) -m dgae.model_card --run runs/default --eval weights/eval --data $(DATA) \
+	$(PY) -m evaluation.model_card --run runs/default --eval weights/eval --data $(DATA) \
 		--checkpoint weights/dgae-small-f8c4.safetensors --out weights/MODEL_CARD.md
 
 BENCH_OUT ?= benchmarks/results
@@ -67,9 +67,9 @@ BENCH_CLOCK ?= wall
 # CPU benchmark set (< 10 min): backends, HTTP load (two services), anchors; JSON + PNG plots.
 # On a shared, oversubscribed CPU: make bench BENCH_ARGS="--threads 1" BENCH_CLOCK=cpu
 bench: $(STAMP)
-	$(PY) -m dgae bench backends --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
-	$(PY) -m dgae bench load --quick --out $(BENCH_OUT) $(BENCH_ARGS)
-	$(PY) -m dgae bench anchors --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
+	$(PY) -m cli bench backends --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
+	$(PY) -m cli bench load --quick --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m cli bench anchors --quick --out $(BENCH_OUT) --clock $(BENCH_CLOCK) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

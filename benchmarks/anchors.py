@@ -5,8 +5,11 @@ Anchors (random init: weights do not change speed), built with diffusers:
 - ``sd-vae``: ``AutoencoderKL`` with the SD-VAE architecture (block_out_channels 128/256/512/512,
   2 layers per block, 4 latent channels, f=8); decode = post_quant_conv + decoder.
 - ``taesd``: ``AutoencoderTiny`` with its default (TAESD) configuration, f=8, 4 latent channels.
-DGAE rows: the checkpoint's torch backend decode at each step count (Euler: one U-Net pass per
-step). Every row also carries its counted FLOPs per image (meta device, no compute).
+DGAE rows: the checkpoint decoded by the backend a user gets by default (``backend=auto``: on CPU
+ONNX Runtime with the cached export, see backends.factory) at each step count (Euler: one U-Net
+pass per step), the model's default step count marked; ``--backend torch`` for the eager model.
+Every row also carries its counted FLOPs per image (meta device, no compute). The summary gives
+the default row's speed-up over each anchor, measured in the same run.
 """
 from __future__ import annotations
 
@@ -71,8 +74,8 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
 
 @torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
-        precision: str, clock: str = "wall") -> dict:
-    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+        precision: str, clock: str = "wall", backend_kind: str = "auto") -> dict:
+    from backends.factory import create_backend  # noqa: PLC0415
 
     sync, dtype = synchronizer(device), PRECISIONS[precision]
     rows, skipped = [], {}
@@ -90,24 +93,42 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
         seconds = time_repeats(lambda m=module, x=zd: m(x), WARMUP, repeats, sync, clock=clock)
         rows.append(make_row(name, "anchor", batch, seconds, params, count_flops(module, zd[:1]), None))
         del module
-    backend = TorchBackend.from_checkpoint(checkpoint, device=device, precision=precision)
+    backend = create_backend(backend_kind, checkpoint, device=device, precision=precision)
+    info = backend.info()
     images, _ = image_batch(batch, size)
     latents = backend.encode(images)
     config = backend.config
+    default_steps = config.sampler.default_steps
+    steps = tuple(sorted({*steps, default_steps}))
     pass_flops = decoder_pass_flops(config, size, size)
-    dec_params = sum(p.numel() for p in backend.model.decoder.parameters())
+    dec_params = decoder_params(config)
     for k in steps:
         seconds = time_repeats(lambda k=k: backend.decode(latents, steps=k, seeds=0), WARMUP, repeats, sync,
                                clock=clock)
-        rows.append(make_row(f"dgae {k} step{'s' if k > 1 else ''}", "dgae", batch, seconds, dec_params,
-                             pass_flops * denoiser_calls(config, k), k))
+        row = make_row(f"dgae {k} step{'s' if k > 1 else ''}", "dgae", batch, seconds, dec_params,
+                       pass_flops * denoiser_calls(config, k), k)
+        rows.append({**row, "backend": info.name, "default": k == default_steps})
+    backend.close()
     sd_ms = next((r["ms_per_image"] for r in rows if r["label"] == "sd-vae"), None)
     for r in rows:
         r["cost_vs_sd_vae"] = r["ms_per_image"] / sd_ms if sd_ms else None
+    default = next(r for r in rows if r["kind"] == "dgae" and r["steps"] == default_steps)
+    summary = {"backend": info.name, "backend_reason": getattr(backend, "auto_reason", backend_kind),
+               "default_steps": default_steps, "default_ms_per_image": default["ms_per_image"],
+               **{f"speedup_vs_{r['label']}": r["ms_per_image"] / default["ms_per_image"]
+                  for r in rows if r["kind"] == "anchor"}}
     return {"benchmark": "anchors", "device": device, "precision": precision, "clock": clock, "size": size,
             "batch": batch,
             "repeats": repeats, "preset": config.name, "sd_vae_config": SD_VAE_CONFIG, "rows": rows,
-            "skipped": skipped}
+            "skipped": skipped, "summary": summary}
+
+
+def decoder_params(config) -> int:
+    """Parameter count of the decoder (meta device: nothing allocated)."""
+    from dgae.decoder import Decoder  # noqa: PLC0415
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in Decoder(config).parameters())
 
 
 def make_row(label: str, kind: str, batch: int, seconds: list[float], params: int, flops_per_image: float | None,
@@ -128,7 +149,8 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
     if batch <= 0 or repeats <= 0:
         raise InputError("--batch and --repeats must be positive")
     precision = "bf16" if device.startswith("cuda") else "fp32"
-    return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock)
+    return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock,
+               args.backend)
 
 
 def results_table(report: dict) -> str:
@@ -138,4 +160,7 @@ def results_table(report: dict) -> str:
     title = (f"decode {report['size']}px, batch {report['batch']}, {report['precision']}, "
              f"DGAE preset {report['preset']}, {report.get('clock', 'wall')} clock")
     skipped = [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
-    return "\n".join([title, format_table(headers, rows), *skipped])
+    s = report.get("summary", {})
+    speedups = [f"default ({s['backend']}, {s['default_steps']} steps): {v:.1f}x faster than {k[len('speedup_vs_'):]}"
+                for k, v in s.items() if k.startswith("speedup_vs_")]
+    return "\n".join([title, format_table(headers, rows), *skipped, *speedups])

@@ -1,4 +1,4 @@
-"""`dgae bench backends|load|anchors|plots|markdown`: run a benchmark, print its table, write
+"""`dgae bench backends|load|anchors|sizes|plots|markdown`: run a benchmark, print its table, write
 ``<out>/<benchmark>-<cpu|cuda>.json`` (machine, versions, commit, checkpoint sha256 included)
 and the matching PNG plot."""
 from __future__ import annotations
@@ -52,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8; --quick 2)")
     p.add_argument("--steps", type=int_list, default=None, help="DGAE step counts (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row")
+    p.add_argument("--backend", default="auto", help="DGAE backend (default auto: what a user gets by default)")
+    add_clock_argument(p)
+
+    p = sub.add_parser("sizes", help="encode/decode cost per megapixel and peak RSS vs image size, tiled and untiled")
+    add_common_arguments(p)
+    p.add_argument("--sizes", type=int_list, default=None, help="image sides (default 256,512,1024,2048; --quick "
+                                                                "64,128,256)")
+    p.add_argument("--steps", type=int, default=None, help="decode steps (default 1)")
+    p.add_argument("--untiled-max", type=int, default=None, help="largest side also run untiled (default 1024)")
+    p.add_argument("--backend", default="torch", help="backend name for backends.factory (default torch)")
     add_clock_argument(p)
 
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
@@ -89,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     checkpoint = resolve_bench_checkpoint(args)
     wall, cpu = time.monotonic(), _cpu_seconds()
-    report = {"backends": run_backends, "load": run_load, "anchors": run_anchors}[args.bench](args, checkpoint, device)
+    runners = {"backends": run_backends, "load": run_load, "anchors": run_anchors, "sizes": run_sizes}
+    report = runners[args.bench](args, checkpoint, device)
     # CPU seconds (this process + finished children such as the services) next to wall time: on a
     # shared machine wall time includes waiting for the CPU, CPU time does not
     report["run"] = {"wall_s": time.monotonic() - wall, "cpu_s": _cpu_seconds() - cpu, "threads": args.threads}
@@ -180,5 +191,20 @@ def run_anchors(args: argparse.Namespace, checkpoint: Path, device: str) -> dict
 
     report = anchors.run_from_args(args, checkpoint, device)
     print(anchors.results_table(report))
+    report["checkpoint_path"] = str(checkpoint)
+    return report
+
+
+def run_sizes(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
+    from . import sizes  # noqa: PLC0415
+
+    if device != "cpu":
+        raise InputError("dgae bench sizes measures CPU processes (peak RSS); use --device cpu")
+    chosen = args.sizes or (sizes.QUICK_SIZES if args.quick else sizes.DEFAULT_SIZES)
+    report = sizes.run(checkpoint, tuple(chosen), args.steps or sizes.DEFAULT_STEPS,
+                       args.untiled_max or (max(chosen) if args.quick else sizes.DEFAULT_UNTILED_MAX),
+                       args.backend, args.threads, args.clock)
+    print(sizes.results_table(report))
+    report["failed"] = any("error" in r for r in report["rows"])
     report["checkpoint_path"] = str(checkpoint)
     return report

@@ -88,17 +88,17 @@ run_step() {  # name limit_s command...
 CKPT="${CHECKPOINT:-$WORK/random-$PRESET.safetensors}"
 if [ ! -f "$CKPT" ]; then
   mkdir -p "$WORK" || exit 2
-  run_step init "$INIT_LIMIT_S" "$PYTHON" -m dgae init "$PRESET" -o "$CKPT"
+  run_step init "$INIT_LIMIT_S" "$PYTHON" -m cli init "$PRESET" -o "$CKPT"
 fi
 
 run_step kernels "$KERNELS_LIMIT_S" "$PYTHON" -m benchmarks.gpu_kernels --out "$OUT" "${KERNELS_ARGS[@]}"
 
 ENGINE_ARGS=()
-ENGINE_CMD=("$PYTHON" -m dgae export onnx -c "$CKPT" -o "$OUT/onnx-fp16" --fp16 --no-validate)
-TRT_CMD=("$PYTHON" -m dgae export tensorrt --onnx "$OUT/onnx-fp16" -o "$OUT/engines" --fp16 "${TRT_PROFILE[@]}")
+ENGINE_CMD=("$PYTHON" -m cli export onnx -c "$CKPT" -o "$OUT/onnx-fp16" --fp16 --no-validate)
+TRT_CMD=("$PYTHON" -m cli export tensorrt --onnx "$OUT/onnx-fp16" -o "$OUT/engines" --fp16 "${TRT_PROFILE[@]}")
 if [ "$DRY_RUN" = 1 ]; then
   # the export alone takes minutes on a CPU: check the commands parse, do not run them
-  run_step engines "$DRY_LIMIT_S" "$PYTHON" -m dgae export tensorrt --help
+  run_step engines "$DRY_LIMIT_S" "$PYTHON" -m cli export tensorrt --help
   echo "dry-run: would run: ${ENGINE_CMD[*]} && ${TRT_CMD[*]}"
 elif "$PYTHON" -c 'import tensorrt' 2>/dev/null; then
   run_step onnx-fp16 "$ONNX_LIMIT_S" "${ENGINE_CMD[@]}"
@@ -108,9 +108,9 @@ else
   echo "=== engines: skipped (the tensorrt package is not installed; the tensorrt row will say so)"
 fi
 
-run_step backends "$BACKENDS_LIMIT_S" "$PYTHON" -m dgae bench backends --device "$DEVICE" --checkpoint "$CKPT" \
+run_step backends "$BACKENDS_LIMIT_S" "$PYTHON" -m cli bench backends --device "$DEVICE" --checkpoint "$CKPT" \
   --out "$OUT" "${BACKENDS_ARGS[@]}" "${ENGINE_ARGS[@]}"
-run_step anchors "$ANCHORS_LIMIT_S" "$PYTHON" -m dgae bench anchors --device "$DEVICE" --checkpoint "$CKPT" \
+run_step anchors "$ANCHORS_LIMIT_S" "$PYTHON" -m cli bench anchors --device "$DEVICE" --checkpoint "$CKPT" \
   --out "$OUT" "${ANCHORS_ARGS[@]}"
 
 echo "results in $OUT:"

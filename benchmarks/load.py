@@ -1,7 +1,8 @@
 """`dgae bench load`: HTTP load against the service - a concurrency sweep for encode and decode.
 
 Each level runs ``concurrency`` closed-loop clients (each sends its next request when the last
-one answers) until ``max_requests`` were sent or ``level_seconds`` passed; in-flight requests are
+one answers) over one ``dgae.client.AsyncClient`` with retries off, so a 503 counts as an error,
+until ``max_requests`` were sent or ``level_seconds`` passed; in-flight requests are
 then awaited, so every level is bounded in requests and time. Per level: requests/s, p50/p95/p99
 latency, error counts by status, and the mean backend batch size (from /metrics).
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import httpx
 import torch
 
+from dgae.client import AsyncClient, ClientError, ServiceError
 from dgae.errors import InputError
 
 from .common import int_list
@@ -74,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_workload(checkpoint, size: int, steps: int) -> Workload:
-    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+    from backends.torch_backend import TorchBackend  # noqa: PLC0415
     from dgae.imageio import encode_image, to_tensor  # noqa: PLC0415
     from dgae.latents_io import dump_safetensors  # noqa: PLC0415
 
@@ -84,18 +86,19 @@ def make_workload(checkpoint, size: int, steps: int) -> Workload:
     return Workload(size, steps, encode_image(arrays[0]), dump_safetensors(latents, {}), latents, image)
 
 
-def request_args(op: str, wl: Workload, i: int) -> dict:
+async def send(client: AsyncClient, op: str, wl: Workload, i: int) -> None:
+    """One request through dgae.client (no retries: a 503 counts as an error, not as latency)."""
     if op == "encode":
-        return {"url": "/encode", "content": wl.image_png, "headers": {"Content-Type": "image/png"}}
-    return {"url": "/decode", "params": {"steps": wl.steps, "seed": i, "format": "png"},
-            "content": wl.latents_body, "headers": {"Content-Type": "application/x-safetensors"}}
+        await client.encode(wl.image_png)
+    else:
+        await client.decode(wl.latents_body, steps=wl.steps, seeds=i, image_format="png")
 
 
-async def scrape_batches(client: httpx.AsyncClient) -> dict[str, tuple[float, float]]:
+async def scrape_batches(client: AsyncClient) -> dict[str, tuple[float, float]]:
     """{operation: (sum of batch sizes, number of batches)} from /metrics (empty if unavailable)."""
     try:
-        text = (await client.get("/metrics")).text
-    except httpx.HTTPError:
+        text = await client.metrics()
+    except ClientError:
         return {}
     out: dict[str, list[float]] = {}
     for kind, op, value in METRIC_RE.findall(text):
@@ -103,7 +106,7 @@ async def scrape_batches(client: httpx.AsyncClient) -> dict[str, tuple[float, fl
     return {op: (s, c) for op, (s, c) in out.items()}
 
 
-async def run_level(client: httpx.AsyncClient, op: str, wl: Workload, concurrency: int,
+async def run_level(client: AsyncClient, op: str, wl: Workload, concurrency: int,
                     max_requests: int, seconds: float) -> dict:
     latencies, statuses = [], Counter()
     sent = 0
@@ -118,10 +121,11 @@ async def run_level(client: httpx.AsyncClient, op: str, wl: Workload, concurrenc
             sent += 1
             t0 = time.perf_counter()
             try:
-                resp = await client.post(**request_args(op, wl, i))
-                await resp.aread()
-                key = str(resp.status_code)
-            except httpx.HTTPError as exc:
+                await send(client, op, wl, i)
+                key = str(httpx.codes.OK)
+            except ServiceError as exc:
+                key = str(exc.status)
+            except ClientError as exc:
                 key = type(exc).__name__
             if key == str(httpx.codes.OK):
                 latencies.append(time.perf_counter() - t0)
@@ -149,7 +153,7 @@ async def sweep(urls: dict[str, str], warmups: dict[str, int], ops: list[str], w
     out: dict[str, list[dict]] = {name: [] for name in urls}
     async with contextlib.AsyncExitStack() as stack:
         clients = {name: await stack.enter_async_context(
-            httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)) for name, url in urls.items()}
+            AsyncClient(url, timeout_s=REQUEST_TIMEOUT_S, retries=0, limits=limits)) for name, url in urls.items()}
         for op in ops:
             for name, client in clients.items():                           # untimed warm-up
                 await run_level(client, op, wl, warmups[name], warmups[name], seconds)
@@ -165,7 +169,7 @@ async def sweep(urls: dict[str, str], warmups: dict[str, int], ops: list[str], w
 def inprocess(checkpoint, kind: str, device: str, wl: Workload, batches: tuple[int, ...], repeats: int,
               options: dict) -> list[dict]:
     """Images/s of the same backend called directly at each batch size (no HTTP, no queue)."""
-    from dgae.backends.factory import create_backend  # noqa: PLC0415
+    from backends.factory import create_backend  # noqa: PLC0415
 
     backend = create_backend(kind, checkpoint, device=device, max_batch_size=max(batches), **options)
     sync = synchronizer(device)

@@ -70,7 +70,23 @@ def anchors_md(report: dict) -> str:
                       _table(["decoder", "params", "GFLOP / image", f"{unit} / image", "img/s", "cost ÷ SD-VAE"], rows)])
 
 
-RENDERERS = {"backends": backends_md, "load": load_md, "anchors": anchors_md}
+def sizes_md(report: dict) -> str:
+    rows = [[r["op"], str(r["size"]), "tiled" if r["tile"] == "auto" else "untiled",
+             fmt(r.get("seconds"), ".2f"), fmt(r.get("s_per_mp"), ".2f"),
+             fmt(r["peak_rss_bytes"] / 2 ** 30, ".2f") if "peak_rss_bytes" in r else r.get("error", "-")]
+            for r in report["rows"]]
+    ratios = [[s["op"], "tiled" if s["tile"] == "auto" else "untiled", str(s["size"]), f"{s['cost_per_mp_ratio']:.2f}×"]
+              for s in report["summary"] if s["size"] != s["base_size"]]
+    base = min(report["sizes"])
+    return "\n".join([_machine_line(report), "",
+                      f"One image per call, backend `{report['backend']}`, decode {report['steps']} step(s), "
+                      f"{report.get('clock', 'wall')} clock; every "
+                      f"row a fresh process (its own peak RSS); tiles {report['tiling']}.", "",
+                      _table(["op", "side px", "tiling", "seconds", "s / MP", "peak RSS GiB"], rows), "",
+                      _table(["op", "tiling", "side px", f"cost/MP ÷ at {base} px"], ratios)])
+
+
+RENDERERS = {"backends": backends_md, "load": load_md, "anchors": anchors_md, "sizes": sizes_md}
 
 
 def render_folder(folder: Path) -> str:

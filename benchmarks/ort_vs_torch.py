@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from dgae.backends.factory import create_backend
+from backends.factory import create_backend
 
 log = logging.getLogger(__name__)
 

@@ -103,6 +103,32 @@ def plot_anchors(report: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_sizes(report: dict, path: Path) -> Path:
+    """Seconds per megapixel and peak RSS against image side, per operation and tiling."""
+    plt = _pyplot()
+    rows = [r for r in report["rows"] if "s_per_mp" in r]
+    fig, (ax_cost, ax_mem) = plt.subplots(1, 2, figsize=FIG_SIZE)
+    for color, (op, tile) in zip(COLORS, [(o, t) for o in ("encode", "decode") for t in ("auto", "off")]):
+        pts = sorted((r["size"], r["s_per_mp"], r["peak_rss_bytes"] / 2 ** 30) for r in rows
+                     if r["op"] == op and r["tile"] == tile)
+        if not pts:
+            continue
+        label = f"{op}, {'tiled' if tile == 'auto' else 'untiled'}"
+        xs, cost, mem = zip(*pts)
+        ax_cost.plot(xs, cost, marker="o", color=color, label=label)
+        ax_mem.plot(xs, mem, marker="o", color=color, label=label)
+    steps = report.get("steps")
+    ax_cost.set(title=f"cost per megapixel (decode {steps} step(s))", xlabel="image side (px)", ylabel="s / MP")
+    ax_mem.set(title="process peak RSS", xlabel="image side (px)", ylabel="GiB")
+    for ax in (ax_cost, ax_mem):
+        _int_ticks(ax, [r["size"] for r in rows] or [1])
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"DGAE cost vs image size ({report.get('backend')}) - {_machine(report)}", fontsize=TITLE_SIZE)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -112,7 +138,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-PLOTTERS = {"backends": plot_backends, "load": plot_load, "anchors": plot_anchors}
+PLOTTERS = {"backends": plot_backends, "load": plot_load, "anchors": plot_anchors, "sizes": plot_sizes}
 
 
 def plot_report(report: dict, path: Path) -> Path:

@@ -46,7 +46,7 @@ class ServiceProcess:
         self._log = tempfile.NamedTemporaryFile(prefix="dgae-bench-serve-", suffix=".log", delete=False)
 
     def __enter__(self) -> str:
-        cmd = [sys.executable, "-m", "dgae", "serve"]
+        cmd = [sys.executable, "-m", "cli", "serve"]
         log.info("starting %s on %s (%s)", " ".join(cmd), self.url,
                  ", ".join(f"{k}={v}" for k, v in self.env.items() if k.startswith("DGAE_") and "KEY" not in k))
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -10,15 +10,14 @@ and the achieved TFLOP/s; on a known GPU, the fraction of its dense bf16 peak.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+import kernels
 from dgae.errors import DGAEError
 
 from . import flops
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 BASELINE = "torch-eager-fp32"
 RATIO_BATCH = 8                     # the batch size the summary ratios are quoted at
 DECODE_SEED = 0
-KERNELS_ENV = "DGAE_KERNELS"
 TERA = 1e12
 
 
@@ -44,21 +42,21 @@ class BackendSpec:
     cuda_only: bool = False
     slow_warmup: bool = False         # excluded from --quick on CPU (compile takes minutes)
     options: dict = field(default_factory=dict)
-    env: dict = field(default_factory=dict)
+    kernels: str = "auto"  # kernels.use_kernels mode while this backend is measured
 
 
 # Eager rows pin the PyTorch reference ops so "eager" means plain PyTorch on every device.
 SPECS: tuple[BackendSpec, ...] = (            # slow-to-start runtimes last: a total budget cuts them first
-    BackendSpec(BASELINE, "torch", env={KERNELS_ENV: "reference"}),
+    BackendSpec(BASELINE, "torch", kernels="reference"),
     BackendSpec("onnxruntime-fp32", "onnxruntime"),
-    BackendSpec("torch-eager-bf16", "torch", "bf16", cuda_only=True, env={KERNELS_ENV: "reference"}),
-    BackendSpec("torch-triton-bf16", "torch", "bf16", cuda_only=True, env={KERNELS_ENV: "triton"}),
+    BackendSpec("torch-eager-bf16", "torch", "bf16", cuda_only=True, kernels="reference"),
+    BackendSpec("torch-triton-bf16", "torch", "bf16", cuda_only=True, kernels="triton"),
     BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", cuda_only=True),
     BackendSpec("tensorrt-fp16", "tensorrt", "fp16", cuda_only=True),
     BackendSpec("torch-compile-fp32", "torch", slow_warmup=True, options={"compile": True},
-                env={KERNELS_ENV: "reference"}),
+                kernels="reference"),
     BackendSpec("torch-compile-bf16", "torch", "bf16", cuda_only=True, slow_warmup=True, options={"compile": True},
-                env={KERNELS_ENV: "reference"}),
+                kernels="reference"),
     BackendSpec("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", cuda_only=True, slow_warmup=True,
                 options={"tensorrt_ep": True}),
 )
@@ -96,20 +94,6 @@ FULL_GPU_GRID = Grid(sizes=(256, 512), batches=(1, RATIO_BATCH, 32), steps=(1, 2
                      warmup=1, repeats=3, min_seconds=0.5, max_repeats=50)
 
 
-@contextlib.contextmanager
-def environment(overrides: dict):
-    old = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def select_specs(names: list[str] | None) -> list[BackendSpec]:
     if not names:
         return list(SPECS)
@@ -137,7 +121,7 @@ def first_line(exc: BaseException) -> str:
 
 def make_backend(spec: BackendSpec, checkpoint: Path, device: str, max_batch: int, runtime_options: dict):
     """``runtime_options``: per-kind extras from the command line, e.g. {"tensorrt": {"engine_dir": ...}}."""
-    from dgae.backends.factory import create_backend  # noqa: PLC0415
+    from backends.factory import create_backend  # noqa: PLC0415
 
     options = {**spec.options, **runtime_options.get(spec.kind, {})}
     return create_backend(spec.kind, checkpoint, device=device, precision=spec.precision,
@@ -149,7 +133,7 @@ def run_backend(spec: BackendSpec, checkpoint: Path, device: str, grid: Grid, in
                 runtime_options: dict, clock: str = "wall") -> dict:
     """Measure every grid case on one backend; {'rows': [...]} or {'skipped': reason}."""
     started = time.monotonic()
-    with environment(spec.env):
+    with kernels.use_kernels(spec.kernels):
         try:
             backend = make_backend(spec, checkpoint, device, max(grid.batches), runtime_options)
         except Exception as exc:  # noqa: BLE001 - any runtime that cannot start here is skipped
@@ -208,7 +192,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 def prepare_inputs(checkpoint: Path, grid: Grid) -> tuple[dict, str]:
     """{size: (images [B, 3, s, s], latents)} with latents from the eager torch encoder."""
-    from dgae.backends.torch_backend import TorchBackend  # noqa: PLC0415
+    from backends.torch_backend import TorchBackend  # noqa: PLC0415
 
     encoder = TorchBackend.from_checkpoint(checkpoint)
     out, source = {}, "photos"

@@ -1,8 +1,8 @@
 """Container entrypoint, also run outside Docker (CI runs it on a CPU machine).
 
 It picks the backend for the machine it finds, builds the runtime files that backend needs into
-the engine cache (once per checkpoint + GPU + TensorRT version, see :mod:`deploy.engine_cache`),
-then replaces itself with ``python -m dgae serve`` (which reads every other ``DGAE_*`` variable)::
+the engine cache (once per checkpoint + GPU + TensorRT version, see :mod:`export.cache`),
+then replaces itself with ``python -m cli serve`` (which reads every other ``DGAE_*`` variable)::
 
     GPU and TensorRT   export ONNX, build TensorRT engines (cached)  -> tensorrt on cuda
     GPU, no TensorRT   nothing to build                              -> torch on cuda
@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 
 from dgae.errors import BackendError, ConfigError, DGAEError
 
-from . import engine_cache
+from export import cache as engine_cache
 
 log = logging.getLogger("deploy.entrypoint")
 
@@ -161,7 +161,7 @@ def prepare(plan: Plan, machine: Machine, env: Mapping[str, str], run: Runner = 
     if not plan.build_onnx:
         return out
     cache = Path(env.get(ENV_CACHE) or DEFAULT_CACHE)
-    dgae = [sys.executable, "-m", "dgae", "export"]
+    dgae = [sys.executable, "-m", "cli", "export"]
     onnx_args = shlex.split(env.get(ENV_ONNX_ARGS, ""))
     if plan.backend == "onnxruntime" and plan.precision == "fp16":
         onnx_args = ["--fp16", *onnx_args]  # ONNX Runtime runs the export's own precision
@@ -204,7 +204,8 @@ def prepare_with_fallback(plan: Plan, machine: Machine, env: Mapping[str, str],
 
 
 def make_plan(env: Mapping[str, str]) -> tuple[Plan, Machine]:
-    from dgae.checkpoint import file_sha256, read_metadata, resolve_checkpoint  # noqa: PLC0415
+    from dgae.checkpoint import read_metadata, resolve_checkpoint  # noqa: PLC0415
+    from dgae.hashing import file_sha256  # noqa: PLC0415
 
     checkpoint = resolve_checkpoint(env.get(ENV_CHECKPOINT) or None).resolve()
     read_metadata(checkpoint)  # typed one-line error for a missing or foreign file
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(serve_env, indent=2, sort_keys=True))
         return 0
     env.update(serve_env)
-    cmd = [sys.executable, "-m", "dgae", "serve"]
+    cmd = [sys.executable, "-m", "cli", "serve"]
     log.info("exec: %s (%s)", shlex.join(cmd), " ".join(f"{k}={v}" for k, v in sorted(serve_env.items())))
     sys.stdout.flush()
     sys.stderr.flush()

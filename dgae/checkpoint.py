@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from .config import DGAEConfig
 from .errors import CheckpointError, ConfigError
-from .hashing import file_sha256  # noqa: F401 - re-exported: checkpoint.file_sha256
+from .hashing import file_sha256
 from .model import DGAE
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,11 @@ def read_config(path: str | os.PathLike) -> DGAEConfig:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> DGAE:
-    """Build the model from the file's config and load its weights, validating every tensor."""
-    config = read_config(path)
+def read_state(path: str | os.PathLike, config: DGAEConfig,
+               dtype: torch.dtype = torch.float32) -> tuple[DGAE, dict[str, torch.Tensor]]:
+    """The checkpoint's tensors, validated against the model its config builds (on the meta device):
+    every tensor present, none extra, each of the expected shape, all finite. The one validation
+    behind both loading and ``dgae info``."""
     with torch.device("meta"):
         model = DGAE(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -97,6 +98,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{path}: tensor {k!r} contains NaN or infinite values")
+    return model, state
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> DGAE:
+    """Build the model from the file's config and load its weights, validating every tensor."""
+    model, state = read_state(path, read_config(path), dtype)
     model = model.to_empty(device="cpu")
     model.load_state_dict(state, strict=True, assign=False)
     return model.to(device=device, dtype=dtype).eval()
@@ -118,8 +126,7 @@ def describe(path: str | os.PathLike) -> dict:
     """What `dgae info` prints: config, parameter counts, sha256, size, metadata."""
     meta = read_metadata(path)
     config = read_config(path)
-    with torch.device("meta"):
-        model = DGAE(config)
+    model, _ = read_state(path, config)  # validated exactly as loading validates
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     extra = {k: v for k, v in meta.items() if k not in ("config", "format", "format_version")}
     return {"path": str(path), "sha256": file_sha256(path), "bytes": Path(path).stat().st_size,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,12 +54,30 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class TilingConfig:
+    """Tiled decode/encode for images larger than a tile (see dgae/tiling.py), in pixels.
+
+    A tile is a power of two plus the overlap, so tiles step by a power of two and a 2^k image
+    needs (2^k / step) + 1 per side at most: the extra work stays (1 + overlap/step)^2 ~ 1.27x at
+    every size instead of jumping to 2.25x when a side is exactly twice the tile. Decode tiles
+    (256 + 32) are about twice the bundled model's last training crop (128) and keep a tile's
+    attention small; encode tiles are larger (the encoder is cheaper per pixel, its receptive
+    field wider)."""
+
+    decode_tile: int = 288
+    decode_overlap: int = 32
+    encode_tile: int = 576
+    encode_overlap: int = 64
+
+
+@dataclass(frozen=True)
 class DGAEConfig:
     name: str = "custom"
     latent_channels: int = 4
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
     # Public latents are (mean - latent_shift) * latent_scale; the decoder undoes it.
     latent_scale: float = 1.0
     latent_shift: float = 0.0
@@ -74,6 +93,12 @@ class DGAEConfig:
     def decoder_multiple(self) -> int:
         """The U-Net's input sides must be multiples of this (decode pads latents to fit)."""
         return 2 ** (len(self.decoder.channel_mult) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides every network accepts whole: multiples of f (encoder) and of the U-Net's
+        multiple (exported graphs, tiles and engine profiles use this)."""
+        return math.lcm(self.downsample_factor, self.decoder_multiple)
 
     def validate(self) -> "DGAEConfig":
         enc, dec, smp = self.encoder, self.decoder, self.sampler
@@ -99,6 +124,12 @@ class DGAEConfig:
             raise ConfigError("sampler.shift must be > 0")
         if self.latent_scale == 0:
             raise ConfigError("latent_scale must be non-zero")
+        tl = self.tiling
+        for label, tile, overlap, unit in (("decode", tl.decode_tile, tl.decode_overlap, self.size_multiple),
+                                           ("encode", tl.encode_tile, tl.encode_overlap, self.downsample_factor)):
+            if tile <= 0 or tile % unit or overlap % unit or not 0 < overlap < tile:
+                raise ConfigError(f"tiling.{label}_tile ({tile}) and {label}_overlap ({overlap}) must be multiples "
+                                  f"of {unit} with 0 < overlap < tile")
         return self
 
     # --- serialization -------------------------------------------------------------------
@@ -112,7 +143,8 @@ class DGAEConfig:
     def from_dict(cls, d: dict[str, Any]) -> "DGAEConfig":
         try:
             d = dict(d)
-            subs = {"encoder": EncoderConfig, "decoder": DecoderConfig, "sampler": SamplerConfig}
+            subs = {"encoder": EncoderConfig, "decoder": DecoderConfig, "sampler": SamplerConfig,
+                    "tiling": TilingConfig}
             for key, sub in subs.items():
                 if key in d:
                     d[key] = _build(sub, d[key])

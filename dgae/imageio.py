@@ -8,10 +8,11 @@ are not a multiple of f follow an explicit policy:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -46,24 +47,43 @@ class FitInfo:
         return asdict(self)
 
 
-def decode_image(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes -> uint8 RGB array [H, W, 3]. Raises InputError (undecodable) or TooLargeError (pixels)."""
+@contextlib.contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Pillow's failures as typed errors: TooLargeError (pixels) or InputError (undecodable)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise TooLargeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-            img.load()
-    except TooLargeError:
+            yield
+    except InputError:  # ours, already naming the image
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(f"{name}: image too large ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open lazily (Pillow reads only the header) and refuse a size over ``max_pixels`` or empty."""
+    img = Image.open(io.BytesIO(data))
+    w, h = img.size
+    if w * h > max_pixels:
+        raise TooLargeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
     if w < 1 or h < 1:
         raise InputError(f"{name}: empty image")
+    return img
+
+
+def image_size(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the image header alone, no pixel decoded; the same checks as decode_image."""
+    with _image_errors(name):
+        return _open_checked(data, name, max_pixels).size
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes -> uint8 RGB array [H, W, 3]. Raises InputError (undecodable) or TooLargeError (pixels)."""
+    with _image_errors(name):
+        img = _open_checked(data, name, max_pixels)
+        img.load()
     return to_rgb(img)
 
 

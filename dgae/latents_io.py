@@ -1,10 +1,15 @@
-"""Latent files: safetensors with a ``latents`` tensor [N, c, h, w] and JSON metadata (model id,
-checkpoint sha256, f, c, mode, seeds, per-image original size / fit). Also .npy for plain arrays."""
+"""The one latent codec, shared by the CLI and the service: safetensors with a ``latents`` tensor
+[N, c, h, w] and JSON metadata (model id, checkpoint sha256, f, c, mode, seeds, per-image
+original size / fit), or plain .npy. Parsing never trusts a header: every problem is a one-line
+:class:`InputError` naming the payload.
+"""
 from __future__ import annotations
 
 import io
 import json
-from typing import Any
+import math
+from dataclasses import fields
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -12,13 +17,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import InputError
+from .config import DGAEConfig
+from .errors import InputError, TooLargeError
+from .imageio import FIT_POLICIES, FitInfo
 
 LATENTS_KEY = "latents"
 META_KEY = "dgae"
+IMAGES_KEY = "images"
 ALLOWED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+NPY_MAGIC = b"\x93NUMPY"
+NPY_DTYPES = (np.dtype("<f4"), np.dtype("<f2"))
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
+# --- writing -------------------------------------------------------------------------------------
 def dump_safetensors(latents: torch.Tensor, meta: dict[str, Any]) -> bytes:
     return st_save({LATENTS_KEY: latents.contiguous().cpu()}, metadata={META_KEY: json.dumps(meta)})
 
@@ -27,6 +39,25 @@ def dump_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def encode_metadata(config: DGAEConfig, checkpoint_sha256: str, mode: str, seeds: Sequence[int],
+                    names: Sequence[str], infos: Sequence[FitInfo]) -> dict[str, Any]:
+    """What an encode records beside its latents (decode restores each image's size from it)."""
+    return {"model": config.name, "checkpoint_sha256": checkpoint_sha256, "f": config.downsample_factor,
+            "c": config.latent_channels, "mode": mode, "seeds": list(seeds) if mode == "sample" else None,
+            IMAGES_KEY: [dict(name=name, **info.to_dict()) for name, info in zip(names, infos)]}
+
+
+# --- reading -------------------------------------------------------------------------------------
+def load_latents(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict[str, Any]]:
+    """Latents float32 [N, c, h, w] and their metadata (empty for npy) from npy or safetensors bytes
+    (recognised by content, not by name)."""
+    if not data:
+        raise InputError(f"{name}: empty: expected latents as safetensors or npy")
+    if data.startswith(NPY_MAGIC):
+        return load_npy(data, name), {}
+    return load_safetensors(data, name)
 
 
 def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict[str, Any]]:
@@ -52,13 +83,25 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
 
 
 def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:
+    """Parse .npy without trusting its header: shape x itemsize must equal the bytes present."""
+    fh = io.BytesIO(data)
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{name}: malformed or truncated .npy payload ({str(exc)[:200]})") from exc
-    if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float16):
-        raise InputError(f"{name}: npy dtype must be float32 or float16, got {getattr(arr, 'dtype', type(arr))}")
-    return check_latent_tensor(torch.from_numpy(arr.copy()), name)
+        version = np.lib.format.read_magic(fh)
+        read_header = NPY_HEADER_READERS.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(fh)
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise InputError(f"{name}: malformed .npy header ({str(exc)[:200]})") from None
+    if dtype not in NPY_DTYPES:
+        raise InputError(f"{name}: npy dtype must be little-endian float32 or float16, got {dtype}")
+    expected = math.prod(shape) * dtype.itemsize
+    payload = data[fh.tell():]
+    if len(payload) != expected:
+        raise InputError(f"{name}: truncated or oversized .npy payload: shape {shape} needs {expected} bytes, "
+                         f"got {len(payload)}")
+    arr = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return check_latent_tensor(torch.from_numpy(np.array(arr, dtype=np.float32, order="C")), name)
 
 
 def check_latent_tensor(t: torch.Tensor, name: str = "latents") -> torch.Tensor:
@@ -72,3 +115,33 @@ def check_latent_tensor(t: torch.Tensor, name: str = "latents") -> torch.Tensor:
     if 0 in t.shape:
         raise InputError(f"{name}: latents have an empty dimension {tuple(t.shape)}")
     return t.float()
+
+
+# --- metadata ------------------------------------------------------------------------------------
+def fit_infos(meta: dict, n: int, max_pixels: int) -> list[FitInfo | None]:
+    """Per-latent fit records from latent metadata, validated (they drive crops and resizes)."""
+    images = meta.get(IMAGES_KEY)
+    if images is None:
+        return [None] * n
+    if not isinstance(images, list) or len(images) != n:
+        raise InputError(f"metadata '{IMAGES_KEY}' must be a list with one entry per latent ({n})")
+    out = []
+    for i, d in enumerate(images):
+        try:
+            info = FitInfo(**{fl.name: d[fl.name] for fl in fields(FitInfo) if fl.name in d})
+        except (TypeError, KeyError) as exc:
+            raise InputError(f"metadata images[{i}]: {exc}") from None
+        ints = [getattr(info, fl.name) for fl in fields(FitInfo) if fl.name != "fit"]
+        if not all(type(v) is int and v >= 0 for v in ints) or info.fit not in FIT_POLICIES:
+            raise InputError(f"metadata images[{i}]: sizes must be non-negative integers and fit one of "
+                             f"{', '.join(FIT_POLICIES)}")
+        if not 0 < info.orig_height * info.orig_width <= max_pixels:
+            raise TooLargeError(f"metadata images[{i}]: original size {info.orig_width}x{info.orig_height} "
+                                f"is empty or over the pixel limit {max_pixels}")
+        out.append(info)
+    return out
+
+
+def image_names(meta: dict) -> list[str]:
+    """The original file names recorded at encode time ('' where absent)."""
+    return [im.get("name", "") if isinstance(im, dict) else "" for im in meta.get(IMAGES_KEY) or []]

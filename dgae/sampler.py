@@ -88,19 +88,52 @@ class SamplePlan:
         return len(self.ts) - 1
 
 
-def prepare_decode_buffer(raw_latents: torch.Tensor, f: int, multiple: int,
-                          seeds: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """U-Net input for raw latents [N, c, h, w]: per-seed noise next to the latent upsampled once
-    (nearest) to pixel size. The U-Net needs sides divisible by ``multiple`` (2 ** its levels), so
-    the latent is replicate-padded to fit; returns (buf, (H, W)) with the output size to crop to."""
-    h, w = raw_latents.shape[-2:]
+Update = Callable[[torch.Tensor, float, bool, "torch.Tensor | None"], None]
+
+
+def integrate(plan: SamplePlan, denoise_at: Callable[[int], torch.Tensor], update: Update) -> None:
+    """The Euler/Heun loop, written once for every runtime and for the unrolled ONNX graph.
+
+    ``denoise_at(i)`` returns the velocity at the current state and time ``plan.ts[i]``;
+    ``update(v, dt, clamp, v_prev)`` advances the state as :func:`kernels.euler_step` does
+    (``v_prev`` given: Heun's corrector x_pred + dt/2 (v - v_prev)). The last step clamps to [-1, 1].
+    """
+    n = plan.steps
+    for i in range(n):
+        t_next = plan.ts[i + 1]
+        dt, last = t_next - plan.ts[i], i == n - 1
+        v = denoise_at(i)
+        if plan.solver == "heun" and t_next > 0.0:
+            update(v, dt, False, None)  # predictor: the state holds x_pred
+            update(denoise_at(i + 1), dt, last, v)  # corrector
+        else:
+            update(v, dt, last, None)
+
+
+def pad_latents(raw_latents: torch.Tensor, f: int, multiple: int) -> torch.Tensor:
+    """Replicate-pad raw latents [N, c, h, w] right/bottom so the pixel sides are multiples of the
+    U-Net's ``multiple``."""
     lm = max(1, multiple // f)  # latent-side multiple
-    ph, pw = (-h) % lm, (-w) % lm
-    z = F.pad(raw_latents, (0, pw, 0, ph), mode="replicate") if ph or pw else raw_latents
+    ph, pw = (-raw_latents.shape[-2]) % lm, (-raw_latents.shape[-1]) % lm
+    return F.pad(raw_latents, (0, pw, 0, ph), mode="replicate") if ph or pw else raw_latents
+
+
+def prepare_decode_buffer(raw_latents: torch.Tensor, f: int, multiple: int, seeds: Sequence[int],
+                          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """U-Net input for raw latents [N, c, h, w]: per-seed noise next to the latent upsampled once
+    (nearest) to pixel size, padded to the U-Net's multiple (see :func:`pad_latents`). ``dtype``:
+    the sampler state's dtype (default the latents')."""
+    z = pad_latents(raw_latents, f, multiple)
     size = (z.shape[-2] * f, z.shape[-1] * f)
-    cond = F.interpolate(z, size=size, mode="nearest")
-    noise = per_sample_noise(seeds, (IMAGE_CHANNELS, *size), device=z.device, dtype=z.dtype)
-    return make_buffer(noise, cond), (h * f, w * f)
+    dtype = dtype or z.dtype
+    buf = torch.empty((len(seeds), IMAGE_CHANNELS + z.shape[1], *size), dtype=dtype, device=z.device)
+    buf[:, IMAGE_CHANNELS:] = F.interpolate(z, size=size, mode="nearest")
+    if buf.device.type == "cpu" and dtype == torch.float32:  # draw each item's noise in place
+        for i, s in enumerate(seeds):
+            torch.randn((IMAGE_CHANNELS, *size), generator=torch.Generator().manual_seed(int(s)), out=buf[i, :IMAGE_CHANNELS])
+    else:
+        buf[:, :IMAGE_CHANNELS] = per_sample_noise(seeds, (IMAGE_CHANNELS, *size), device=z.device, dtype=dtype)
+    return buf
 
 
 def make_buffer(noise: torch.Tensor, cond_up: torch.Tensor) -> torch.Tensor:
@@ -121,15 +154,9 @@ def run_sampler(denoise: Denoiser, buf: torch.Tensor, plan: SamplePlan,
     b = buf.shape[0]
     if t_table is None:
         t_table = torch.tensor(plan.ts, dtype=torch.float32, device=buf.device)  # built once per decode
-    n = plan.steps
-    for i in range(n):
-        t_cur, t_next = plan.ts[i], plan.ts[i + 1]
-        dt, last = t_next - t_cur, i == n - 1
-        v = denoise(buf, t_table[i].expand(b))
-        if plan.solver == "heun" and t_next > 0.0:
-            kernels.euler_step(buf, v, dt)  # predictor: buf holds x_pred
-            v2 = denoise(buf, t_table[i + 1].expand(b))
-            kernels.euler_step(buf, v2, dt, clamp=last, v_prev=v)  # corrector
-        else:
-            kernels.euler_step(buf, v, dt, clamp=last)
+
+    def update(v: torch.Tensor, dt: float, clamp: bool, v_prev: torch.Tensor | None) -> None:
+        kernels.euler_step(buf, v, dt, clamp=clamp, v_prev=v_prev)
+
+    integrate(plan, lambda i: denoise(buf, t_table[i].expand(b)), update)
     return buf[:, :IMAGE_CHANNELS]

@@ -1,35 +1,129 @@
-"""Export-on-demand cache for runtimes that need ONNX files but were given only a checkpoint.
+"""The one build-once cache for exports: ONNX graphs exported on demand and TensorRT engines, on
+a local disk or a volume shared by replicas.
 
-``$DGAE_CACHE_DIR/onnx/<sha256[:16]>-<precision>/`` (default root ``$XDG_CACHE_HOME/dgae`` or
-``~/.cache/dgae``) holds a validated export of that exact checkpoint file, including the decode
-unrolled for the checkpoint's default step count. A directory whose manifest or files do not verify
-is re-exported (the export itself never overwrites anything before validation passes).
+An entry is named by a hash of everything that changes its contents (checkpoint sha256,
+precision, exporter and runtime versions, GPU, build options), so a changed input builds a new
+entry and an unchanged one is reused. Processes that share the root coordinate with a file lock:
+the first one builds, the others wait and then reuse. Layout under a root::
 
-Every use touches the directory; after a new export, the least recently used exports beyond the
-newest ``$DGAE_CACHE_KEEP`` (default 4) are deleted, so a server that sees many checkpoints over
-its life does not fill its disk with stale exports (with their TensorRT engine caches inside).
+    <kind>-<key>/                 finished entry; cache-entry.json inside records the key's parts
+    .<kind>-<key>.lock            flock held while one process checks or builds the entry
+    .<kind>-<key>.tmp-<pid>/      build in progress; renamed to <kind>-<key> only when complete
+
+:func:`cached_onnx_dir` is what a runtime given only a checkpoint uses: an entry under
+``$DGAE_CACHE_DIR/onnx/`` (default root ``$XDG_CACHE_HOME/dgae`` or ``~/.cache/dgae``) holding a
+validated export of that exact checkpoint file, including the decode unrolled for its default
+step count; one whose files no longer verify is rebuilt. Every use touches the entry; after a new
+export, the least recently used exports beyond the newest ``$DGAE_CACHE_KEEP`` (default 4) are
+deleted, so a server that sees many checkpoints does not fill its disk.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
-from dgae.checkpoint import file_sha256, read_config, resolve_checkpoint
-from dgae.errors import BackendError
-
-from . import manifest as mf
+from dgae.errors import BackendError, ConfigError
+from dgae.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "DGAE_CACHE_DIR"
-SHA_PREFIX_CHARS = 16
 KEEP_ENV = "DGAE_CACHE_KEEP"
 DEFAULT_KEEP = 4
 ONNX_SUBDIR = "onnx"
+ONNX_KIND = "onnx"
+
+MANIFEST = "cache-entry.json"  # not manifest.json: that is the exporter's own file in the same folder
+KEY_HEX_CHARS = 16
+KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+Builder = Callable[[Path], None]  # fills the given (empty) directory; raises on failure
 
 
+def cache_key(parts: Mapping[str, str]) -> str:
+    """Stable short hash of the key parts (order-independent)."""
+    canonical = json.dumps(dict(parts), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_HEX_CHARS]
+
+
+def entry_name(kind: str, parts: Mapping[str, str]) -> str:
+    if not kind or not set(kind) <= KIND_CHARS:
+        raise ConfigError(f"cache entry kind {kind!r} must be lowercase letters, digits and '-'")
+    return f"{kind}-{cache_key(parts)}"
+
+
+def read_entry(entry: Path) -> dict | None:
+    """The manifest of a finished entry, or None when the entry is missing or incomplete."""
+    try:
+        return json.loads((entry / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for %s (another process is building this entry)", lock_path.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_entry(root: str | os.PathLike, kind: str, parts: Mapping[str, str], build: Builder) -> Path:
+    """Return the finished entry for ``parts``, building it with ``build`` first if needed.
+
+    A failed build leaves nothing behind (the next start tries again); a finished entry is never
+    modified, so readers need no lock once ``ensure_entry`` has returned.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"engine cache {root} is not writable: {exc}") from exc
+    name = entry_name(kind, parts)
+    final = root / name
+    expected = {k: str(v) for k, v in parts.items()}
+    with _locked(root / f".{name}.lock"):
+        manifest = read_entry(final)
+        if manifest is not None and manifest.get("parts") == expected:
+            log.info("reusing cached %s %s (built %s)", kind, final, manifest.get("built_at", "?"))
+            return final
+        if final.exists():
+            log.warning("cached %s %s is incomplete or does not match its key; rebuilding", kind, final)
+            shutil.rmtree(final)
+        tmp = root / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        log.info("building %s into %s (%s)", kind, final, json.dumps(expected, sort_keys=True))
+        started = time.monotonic()
+        try:
+            build(tmp)
+            seconds = round(time.monotonic() - started, 1)
+            manifest = {"kind": kind, "parts": expected, "build_seconds": seconds,
+                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("built %s in %.1f s", kind, seconds)
+    return final
+
+
+# --- ONNX exports on demand --------------------------------------------------------------------
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
@@ -40,27 +134,41 @@ def cache_root() -> Path:
 def cached_onnx_dir(checkpoint: str | os.PathLike | None, precision: str = "fp32",
                     root: str | os.PathLike | None = None) -> Path:
     """A verified ONNX export of ``checkpoint``, exporting it first when the cache has none."""
-    from .onnx_export import export_onnx  # noqa: PLC0415 - torch.onnx is heavy; only when exporting
+    # Imported here: the container entrypoint uses this module's build-once entries without torch.
+    import torch  # noqa: PLC0415
+
+    from dgae.checkpoint import read_config, resolve_checkpoint  # noqa: PLC0415
+
+    from . import manifest as mf  # noqa: PLC0415
+    from .onnx_export import export_onnx  # noqa: PLC0415
 
     path = resolve_checkpoint(checkpoint)
     sha = file_sha256(path)
+    steps = read_config(path).sampler.default_steps
+    keep = cache_keep()  # a bad setting fails before minutes of exporting, not after
     exports = (Path(root) if root else cache_root()) / ONNX_SUBDIR
-    directory = exports / f"{sha[:SHA_PREFIX_CHARS]}-{precision}"
+    parts = {"checkpoint_sha256": sha, "precision": precision, "unroll_steps": str(steps), "torch": torch.__version__}
+    built: list[Path] = []
+
+    def build(out: Path) -> None:
+        log.info("exporting %s to ONNX (%s)", path, precision)
+        export_onnx(path, out, precision=precision, unroll_steps=steps)
+        built.append(out)
+
+    directory = ensure_entry(exports, ONNX_KIND, parts, build)
     try:
         manifest = mf.read_manifest(directory)
         mf.check_checkpoint(manifest, sha, directory)
         mf.verify_files(directory, manifest)
-        if manifest.precision != precision:
-            raise BackendError(f"cached export is {manifest.precision}, not {precision}")
+    except BackendError as exc:  # a finished entry whose files were damaged since: build it again
+        log.warning("cached ONNX export %s does not verify (%s); exporting again", directory, exc)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory = ensure_entry(exports, ONNX_KIND, parts, build)
+    os.utime(directory)  # most recently used: pruning keeps it
+    if built:
+        prune_exports(exports, keep=keep, protect=directory)
+    else:
         log.info("using cached ONNX export %s", directory)
-        os.utime(directory)  # most recently used: pruning keeps it
-        return directory
-    except BackendError as exc:
-        log.info("no usable ONNX export in %s (%s); exporting %s", directory, exc, path)
-    keep = cache_keep()  # a bad setting fails before minutes of exporting, not after
-    steps = read_config(path).sampler.default_steps
-    export_onnx(path, directory, precision=precision, unroll_steps=steps)
-    prune_exports(exports, keep=keep, protect=directory)
     return directory
 
 
@@ -76,8 +184,10 @@ def cache_keep() -> int:
 
 
 def prune_exports(exports: Path, keep: int, protect: Path | None = None) -> list[Path]:
-    """Delete all but the ``keep`` most recently used export folders (never ``protect``)."""
-    folders = sorted((d for d in exports.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    """Delete all but the ``keep`` most recently used finished entries (never ``protect``, never a
+    build in progress)."""
+    folders = sorted((d for d in exports.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                     key=lambda d: d.stat().st_mtime, reverse=True)
     removed = []
     for stale in folders[keep:]:
         if protect is not None and stale.resolve() == protect.resolve():

@@ -14,15 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 from dgae.config import DGAEConfig
 from dgae.errors import BackendError, ConfigError
+from dgae.precision import PRECISIONS
+from dgae.sampler import SamplePlan
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 KIND_ONNX = "dgae-onnx"
 KIND_TENSORRT = "dgae-tensorrt"
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 # Graph names and their I/O contract (see export/onnx_export.py for the shapes).
 ENCODER = "encoder"  # images [B, 3, H, W] -> mean, logvar [B, c, H/f, W/f]
@@ -52,6 +53,13 @@ class GraphEntry:
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
+
+    def plan(self) -> SamplePlan:
+        """The sampler plan an unrolled graph integrates (its exported timesteps and solver)."""
+        try:
+            return SamplePlan(tuple(float(t) for t in self.extra["timesteps"]), str(self.extra["solver"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"graph {self.file}: no valid sampler plan in the manifest ({exc})") from exc
 
     @classmethod
     def from_dict(cls, d: dict) -> "GraphEntry":

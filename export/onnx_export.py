@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -30,15 +29,21 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from dgae.checkpoint import file_sha256, load_checkpoint, resolve_checkpoint
-from dgae.config import IMAGE_CHANNELS, DGAEConfig
+from dgae.checkpoint import load_checkpoint, resolve_checkpoint
+
+from dgae.hashing import file_sha256
+from dgae.config import IMAGE_CHANNELS
 from dgae.errors import ExportError
 from dgae.model import DGAE
-from dgae.sampler import SamplePlan
+from dgae.precision import NUMPY_PRECISIONS, get_precision
+from dgae.sampler import SamplePlan, integrate
+
+import kernels
 
 from . import manifest as mf
+from . import validate as val
+from .graphs import DenoiserGraph, EncoderGraph, graph_specs
 
 log = logging.getLogger(__name__)
 
@@ -48,51 +53,8 @@ TRACE_SIDE_MULTIPLES = (2, 2)  # example H, W as multiples of the graph's size m
 MAX_BATCH = 4096
 MAX_SIDE = 16384
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; above this, weights go beside
-KERNELS_ENV = "DGAE_KERNELS"
 NOISY_LOGGERS = ("onnxscript", "onnx_ir")  # the exporter's optimizer logs every rewrite at INFO
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 REJECTED_DIR = ".rejected"
-
-
-# --- graph wrappers ----------------------------------------------------------------------------
-class EncoderGraph(nn.Module):
-    def __init__(self, model: DGAE):
-        super().__init__()
-        self.encoder = model.encoder
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(images)  # mean, logvar [B, c, H/f, W/f]
-
-
-class DenoiserGraph(nn.Module):
-    def __init__(self, model: DGAE):
-        super().__init__()
-        self.decoder = model.decoder
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder.forward_buffer(torch.cat([x_t, z], dim=1), t)  # [B, 3, H, W]
-
-
-# --- shapes ------------------------------------------------------------------------------------
-def size_multiple(config: DGAEConfig) -> int:
-    """Image sides every graph accepts: multiples of f (encoder) and of the U-Net's multiple."""
-    return math.lcm(config.downsample_factor, config.decoder_multiple)
-
-
-def graph_specs(name: str, config: DGAEConfig, precision: str) -> tuple[tuple[mf.TensorSpec, ...], tuple[mf.TensorSpec, ...]]:
-    """(inputs, outputs) of a graph with symbolic dims batch/height/width (latent_* for the encoder)."""
-    io = "float16" if precision == "fp16" else "float32"
-    c, img = config.latent_channels, ("batch", IMAGE_CHANNELS, "height", "width")
-    S = mf.TensorSpec
-    if name == mf.ENCODER:
-        lat = ("batch", c, "latent_height", "latent_width")
-        return (S("images", img, io),), (S("mean", lat, io), S("logvar", lat, io))
-    full_z = S("z", ("batch", c, "height", "width"), io)
-    if name == mf.DENOISER:
-        return (S("x_t", img, io), S("t", ("batch",), "float32"), full_z), (S("v", img, io),)
-    if name == mf.UNROLLED:
-        return (S("noise", img, io), full_z), (S("image", img, io),)
-    raise ExportError(f"unknown graph {name!r}")
 
 
 def _rename_dims(model, specs: Sequence[mf.TensorSpec], values) -> None:
@@ -121,26 +83,12 @@ def quiet_exporter_logs() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-@contextlib.contextmanager
-def reference_kernels() -> Iterator[None]:
-    """Trace the pure-PyTorch kernel references (Triton kernels are not exportable)."""
-    old = os.environ.get(KERNELS_ENV)
-    os.environ[KERNELS_ENV] = "reference"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(KERNELS_ENV, None)
-        else:
-            os.environ[KERNELS_ENV] = old
-
-
 def trace_graph(name: str, model: DGAE, precision: str, opset: int):
     """torch.export (dynamic batch/H/W) -> ONNX ModelProto with named dims."""
     import onnx  # noqa: PLC0415,F401 - fail early with ImportError if the export extra is missing
 
-    cfg, dtype = model.config, TORCH_DTYPES[precision]
-    m = size_multiple(cfg)
+    cfg, dtype = model.config, get_precision(precision, ExportError, NUMPY_PRECISIONS).torch_dtype
+    m = cfg.size_multiple
     b, h, w = TRACE_BATCH, TRACE_SIDE_MULTIPLES[0] * m, TRACE_SIDE_MULTIPLES[1] * m
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     hd, wd = torch.export.Dim("h", min=1, max=MAX_SIDE // m), torch.export.Dim("w", min=1, max=MAX_SIDE // m)
@@ -157,7 +105,7 @@ def trace_graph(name: str, model: DGAE, precision: str, opset: int):
     else:
         raise ExportError(f"graph {name!r} is not traced (it is composed)")
     inputs, outputs = graph_specs(name, cfg, precision)
-    with reference_kernels(), quiet_exporter_logs(), torch.no_grad():
+    with kernels.use_kernels("reference"), quiet_exporter_logs(), torch.no_grad():
         try:
             program = torch.onnx.export(module.eval(), args, dynamic_shapes=dynamic, dynamo=True,
                                         opset_version=opset, input_names=[s.name for s in inputs],
@@ -183,9 +131,10 @@ def save_graph(proto, path: Path) -> None:
 def compose_unrolled(denoiser, plan: SamplePlan):
     """N-step decode graph from N (Heun: 2N - 1) inlined copies of the denoiser sharing weights.
 
-    Per step, exactly as kernels.euler_step_reference: x <- to_io(fp32(x) + dt * fp32(v)); Heun's
-    corrector x <- to_io(fp32(x_pred) + (dt / 2) * (fp32(v2) - fp32(v))); the last step clamps to
-    [-1, 1]. ``t`` is the fp32 table value broadcast over the batch, as in run_sampler.
+    The sampler state stays fp32 between steps, as on every runtime (only the denoiser's inputs are
+    cast to the graph's I/O dtype): x <- x + dt * fp32(v); Heun's corrector x <- x_pred + (dt / 2) *
+    (fp32(v2) - fp32(v)); the last step clamps to [-1, 1] and the image is cast to the I/O dtype.
+    ``t`` is the fp32 table value broadcast over the batch, as in run_sampler.
     """
     import onnx  # noqa: PLC0415
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
@@ -231,25 +180,24 @@ def compose_unrolled(denoiser, plan: SamplePlan):
             nodes.append(copy)
         return rename(g.output[0].name)
 
-    def update(prefix: str, x: str, v: str, coef: float, clamp: bool, v_prev: str | None = None) -> str:
+    state = {"x": to_f32("noise"), "calls": 0}  # x: the fp32 sampler state
+
+    def denoise_at(i: int) -> str:  # the denoiser on the current state at time plan.ts[i]
+        state["calls"] += 1
+        return denoise(f"d{state['calls']}", to_io(state["x"]), plan.ts[i])
+
+    def update(v: str, dt: float, clamp: bool, v_prev: str | None) -> None:
+        prefix = f"u{state['calls']}" + ("c" if v_prev is not None else "")
+        x = state["x"]
         delta = to_f32(v) if v_prev is None else node("Sub", [to_f32(v), to_f32(v_prev)], f"{prefix}/dv")
-        new = node("Add", [to_f32(x), node("Mul", [delta, const(f"{prefix}/dt", coef)], f"{prefix}/step")],
-                   f"{prefix}/x")
+        coef = dt if v_prev is None else 0.5 * dt  # Heun's corrector averages the two velocities
+        new = node("Add", [x, node("Mul", [delta, const(f"{prefix}/dt", coef)], f"{prefix}/step")], f"{prefix}/x")
         if clamp:
             new = node("Clip", [new, const(f"{prefix}/lo", -1.0), const(f"{prefix}/hi", 1.0)], f"{prefix}/clamped")
-        return to_io(new)
+        state["x"] = new
 
-    x = "noise"
-    for i in range(plan.steps):
-        t_cur, t_next = plan.ts[i], plan.ts[i + 1]
-        dt, last = t_next - t_cur, i == plan.steps - 1
-        v = denoise(f"s{i}", x, t_cur)
-        if plan.solver == "heun" and t_next > 0.0:
-            x = update(f"s{i}p", x, v, dt, clamp=False)
-            v2 = denoise(f"s{i}c", x, t_next)
-            x = update(f"s{i}c", x, v2, 0.5 * dt, clamp=last, v_prev=v)
-        else:
-            x = update(f"s{i}", x, v, dt, clamp=last)
+    integrate(plan, denoise_at, update)  # the same Euler/Heun loop as run_sampler
+    x = to_io(state["x"])
     nodes.append(helper.make_node("Identity", [x], ["image"], name="u/output"))
 
     by_name = {v.name: v for v in g.input}
@@ -283,10 +231,8 @@ def export_onnx(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike
                 graphs: Sequence[str] = (mf.ENCODER, mf.DENOISER), validate: bool = True,
                 validation_sizes: Sequence[tuple[int, int]] | None = None) -> mf.Manifest:
     """Export, validate against PyTorch, then move the files and ``manifest.json`` into ``out_dir``."""
-    from . import validate as val  # noqa: PLC0415
-
-    if precision not in TORCH_DTYPES:
-        raise ExportError(f"ONNX export precision must be one of {sorted(TORCH_DTYPES)}, got {precision!r} "
+    if precision not in NUMPY_PRECISIONS:
+        raise ExportError(f"ONNX export precision must be one of {sorted(NUMPY_PRECISIONS)}, got {precision!r} "
                           f"(bf16 is a TensorRT build flag: 'dgae export tensorrt --bf16')")
     path = resolve_checkpoint(checkpoint)
     model = load_checkpoint(path)  # fp32 reference for validation
@@ -297,7 +243,7 @@ def export_onnx(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
-        export_model = model if precision == "fp32" else load_checkpoint(path, dtype=TORCH_DTYPES[precision])
+        export_model = model if precision == "fp32" else load_checkpoint(path, dtype=get_precision(precision).torch_dtype)
         entries, protos = {}, {}
         for name in names:
             if name == mf.UNROLLED:

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError, ExportError
 
 from . import manifest as mf
@@ -144,14 +144,13 @@ def make_build_plan(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
                     timing_cache: str | os.PathLike | None = None, graphs: list[str] | None = None,
                     optimization_level: int = DEFAULT_OPT_LEVEL, command: str = "") -> BuildPlan:
     """Everything a build needs, validated, without importing TensorRT."""
-    from .onnx_export import size_multiple  # noqa: PLC0415
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     manifest = mf.read_manifest(onnx_dir)
     names = graphs or list(manifest.graphs)
     mf.verify_files(onnx_dir, manifest, names)
     config = manifest.model_config()
-    shapes = (shapes or ShapeRange()).validate(size_multiple(config))
+    shapes = (shapes or ShapeRange()).validate(config.size_multiple)
     if workspace_gib <= 0:
         raise ExportError(f"workspace must be > 0 GiB, got {workspace_gib}")
     engines = tuple(EngineSpec(n, manifest.graphs[n].file, f"{n}.engine",

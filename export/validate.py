@@ -17,13 +17,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import kernels
 from dgae.config import IMAGE_CHANNELS
 from dgae.errors import ExportError
 from dgae.model import DGAE
-from dgae.sampler import SamplePlan, run_sampler
+from dgae.precision import from_numpy_name
+from dgae.sampler import run_sampler
 
 from . import manifest as mf
-from .onnx_export import DenoiserGraph, EncoderGraph, reference_kernels, size_multiple
+from .graphs import DenoiserGraph, EncoderGraph
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ FP16_STRESS_SCALE = 100.0
 FP16_MAX = float(np.finfo(np.float16).max)
 TINY = 1e-12
 SEED_BITS = 31
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,13 @@ def random_inputs(name: str, model: DGAE, b: int, h: int, w: int, gen: torch.Gen
 @torch.no_grad()
 def torch_outputs(name: str, model: DGAE, inputs: dict[str, torch.Tensor], entry: mf.GraphEntry) -> list[np.ndarray]:
     """What the fp32 PyTorch model computes for the graph's inputs (unrolled: the shared sampler)."""
-    with reference_kernels():
+    with kernels.use_kernels("reference"):
         if name == mf.ENCODER:
             outs = EncoderGraph(model)(inputs["images"])
         elif name == mf.DENOISER:
             outs = (DenoiserGraph(model)(inputs["x_t"], inputs["t"], inputs["z"]),)
         else:
-            plan = SamplePlan(tuple(entry.extra["timesteps"]), entry.extra["solver"])
+            plan = entry.plan()
             buf = torch.cat([inputs["noise"], inputs["z"]], dim=1)
             outs = (run_sampler(model.decoder.forward_buffer, buf, plan).clone(),)
     return [o.float().numpy() for o in outs]
@@ -121,7 +122,7 @@ def validate_graph(directory: Path, name: str, entry: mf.GraphEntry, model: DGAE
                 inputs = random_inputs(name, model, b, h, w, torch.Generator().manual_seed(seed))
                 inputs = {k: v * scale if k != "t" else v for k, v in inputs.items()}
                 # Round to the graph's input dtype so the reference sees exactly what ORT sees.
-                inputs = {k: v.to(TORCH_DTYPES[dtypes[k].name]).float() for k, v in inputs.items()}
+                inputs = {k: v.to(from_numpy_name(dtypes[k].name).torch_dtype).float() for k, v in inputs.items()}
                 feeds = {k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()}
                 outs = session.run([s.name for s in entry.outputs], feeds)
                 refs = torch_outputs(name, model, inputs, entry)
@@ -141,7 +142,7 @@ def validate_export(directory: str | Path, manifest: mf.Manifest, model: DGAE,
                     providers: Sequence = ("CPUExecutionProvider",)) -> list[ParityRow]:
     """Check and compare every graph; raises :class:`ExportError` listing the failing numbers."""
     directory = Path(directory)
-    m = size_multiple(model.config)
+    m = model.config.size_multiple
     sizes = list(sizes) if sizes else [(hm * m, wm * m) for hm, wm in VALIDATION_SIDE_MULTIPLES]
     for h, w in sizes:
         if h <= 0 or w <= 0 or h % m or w % m:

@@ -2,8 +2,11 @@
 
 ``DGAE_KERNELS`` = ``triton`` | ``reference`` | ``auto`` (default). ``auto`` uses Triton on CUDA
 tensors and the reference elsewhere; ``triton`` also runs Triton on CPU tensors, which only works
-under ``TRITON_INTERPRET=1`` (how CI tests the kernels). The variable is read on every call, so
-tests and benchmarks can flip it without re-importing.
+under ``TRITON_INTERPRET=1`` (how CI tests the kernels). The variable is read on every call.
+
+``with use_kernels("reference"):`` overrides the variable for the calling thread (or asyncio task)
+only, through a context variable: an in-process ONNX export tracing the references never changes
+the kernels a serving thread runs, and the process environment is never rewritten.
 
 The Triton kernels are forward-only (no backward). Whenever autograd would record a graph through
 a call (grad mode on and any input requiring grad, e.g. training), the reference runs instead,
@@ -11,19 +14,38 @@ in every mode, so gradients are always correct.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from typing import Iterator
 
 import torch
 
 ENV_VAR = "DGAE_KERNELS"
 _MODES = ("auto", "triton", "reference")
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("dgae_kernels", default=None)
+
+
+def _checked(mode: str, source: str) -> str:
+    mode = mode.strip().lower() or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"{source}={mode!r}: expected one of {', '.join(_MODES)}")
+    return mode
 
 
 def kernel_mode() -> str:
-    mode = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if mode not in _MODES:
-        raise ValueError(f"{ENV_VAR}={mode!r}: expected one of {', '.join(_MODES)}")
-    return mode
+    override = _OVERRIDE.get()
+    return override if override is not None else _checked(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+
+
+@contextlib.contextmanager
+def use_kernels(mode: str) -> Iterator[None]:
+    """Select the kernels for this thread / task only, for the duration of the block."""
+    token = _OVERRIDE.set(_checked(mode, "use_kernels"))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:

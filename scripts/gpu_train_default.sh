@@ -23,11 +23,11 @@ NO_SAMPLES=1000000000  # probe: no checkpoints or sample grids inside the probe
 
 mkdir -p "$RUN"
 if [ ! -f "$RUN/state.safetensors" ]; then  # a resumed run keeps the max_steps it was sized with
-  "$PYTHON" -m dgae train --recipe "$RECIPE" --data "$DATA" --out "$RUN/probe" --init "$INIT" --device "$DEVICE" \
+  "$PYTHON" -m cli train --recipe "$RECIPE" --data "$DATA" --out "$RUN/probe" --init "$INIT" --device "$DEVICE" \
     --max-steps "$PROBE_STEPS" --warmup-steps "$NO_SAMPLES" --ckpt-every "$NO_SAMPLES" --sample-every "$NO_SAMPLES" "${EXTRA[@]}"
   STEPS=$("$PYTHON" - "$RUN/probe/metrics.jsonl" "$MINUTES" "$STARTUP_S" "$RECIPE" <<'PY'
 import json, sys
-from dgae.train.config import get_recipe
+from training.config import get_recipe
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ips = rows[-1]["images_per_s"]  # the last window: after cuDNN autotuning and loader warm-up
 budget_s = float(sys.argv[2]) * 60 - float(sys.argv[3])
@@ -40,7 +40,7 @@ PY
   echo "$STEPS" > "$RUN/max_steps"
 fi
 STEPS=$(cat "$RUN/max_steps")
-"$PYTHON" -m dgae train --recipe "$RECIPE" --data "$DATA" --out "$RUN" --init "$INIT" --device "$DEVICE" \
+"$PYTHON" -m cli train --recipe "$RECIPE" --data "$DATA" --out "$RUN" --init "$INIT" --device "$DEVICE" \
   --max-steps "$STEPS" --max-minutes "$MINUTES" "${EXTRA[@]}"
 "$PYTHON" - "$RUN" <<'PY'
 import sys

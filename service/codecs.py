@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
-from dataclasses import fields
 from pathlib import PurePath
 
 import numpy as np
@@ -24,9 +22,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from dgae import pipeline
+from dgae.config import DGAEConfig
 from dgae.errors import InputError, TooLargeError
-from dgae.imageio import FIT_POLICIES, FitInfo, decode_image, encode_image, fit_image, restore_size
-from dgae.latents_io import check_latent_tensor, dump_npy, dump_safetensors, load_safetensors
+from dgae.imageio import FitInfo, decode_image, encode_image, fit_image, image_size, restore_size
+from dgae.latents_io import IMAGES_KEY, META_KEY, check_latent_tensor, dump_npy, dump_safetensors, load_latents
 
 from .errors import UnsupportedMediaType
 
@@ -41,12 +41,7 @@ RAW_IMAGE_TYPES = IMAGE_TYPES + ("application/octet-stream",)
 RAW_TENSOR_TYPES = (SAFETENSORS, NPY, "application/octet-stream", "application/safetensors",
                     "application/npy", "application/x-www-form-urlencoded", "")
 IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-NPY_MAGIC = b"\x93NUMPY"
-NPY_DTYPES = (np.dtype("<f4"), np.dtype("<f2"))
-NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 MAX_FORM_FIELDS = 32
-META_KEY = "dgae"
-IMAGES_KEY = "images"
 
 
 def media_type(request: Request) -> str:
@@ -109,14 +104,28 @@ async def image_files(request: Request, body: bytes, max_items: int) -> list[tup
     return files
 
 
+def _nonempty(name: str, data: bytes) -> bytes:
+    if not data:
+        raise InputError(f"{name}: empty image file")
+    return data
+
+
+def image_pixels(files: list[tuple[str, bytes]], max_pixels: int) -> int:
+    """Total pixels of the uploaded images, from their headers alone (no pixel decoded); each image
+    is checked against ``max_pixels`` on the way."""
+    total = 0
+    for name, data in files:
+        w, h = image_size(_nonempty(name, data), name=name, max_pixels=max_pixels)
+        total += w * h
+    return total
+
+
 def decode_images(files: list[tuple[str, bytes]], f: int, fit: str,
                   max_pixels: int) -> tuple[list[np.ndarray], list[FitInfo]]:
     """Decode and fit every image (uint8 [H, W, 3]); all must share one size after fitting."""
     rgbs, infos = [], []
     for name, data in files:
-        if not data:
-            raise InputError(f"{name}: empty image file")
-        rgb = decode_image(data, name=name, max_pixels=max_pixels)
+        rgb = decode_image(_nonempty(name, data), name=name, max_pixels=max_pixels)
         try:
             rgb, info = fit_image(rgb, f, fit)
         except InputError as exc:
@@ -140,31 +149,7 @@ def parse_latents(body: bytes, mtype: str, max_json_values: int) -> tuple[torch.
         raise InputError("empty body: send latents as safetensors, npy or JSON")
     if mtype == JSON:
         return _json_latents(body, max_json_values)
-    if body.startswith(NPY_MAGIC):
-        return _npy_latents(body), {}
-    return load_safetensors(body, "body")
-
-
-def _npy_latents(body: bytes) -> torch.Tensor:
-    """Parse .npy without trusting its header: shape x itemsize must equal the bytes present."""
-    fh = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(fh)
-        read_header = NPY_HEADER_READERS.get(version)
-        if read_header is None:
-            raise ValueError(f"unsupported .npy version {version}")
-        shape, fortran, dtype = read_header(fh)
-    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
-        raise InputError(f"body: malformed .npy header ({str(exc)[:200]})") from None
-    if dtype not in NPY_DTYPES:
-        raise InputError(f"body: npy dtype must be little-endian float32 or float16, got {dtype}")
-    expected = math.prod(shape) * dtype.itemsize
-    data = body[fh.tell():]
-    if len(data) != expected:
-        raise InputError(f"body: truncated or oversized .npy payload: shape {shape} needs {expected} bytes, "
-                         f"got {len(data)}")
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return check_latent_tensor(torch.from_numpy(np.array(arr, dtype=np.float32, order="C")), "body")
+    return load_latents(body, "body")
 
 
 def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
@@ -193,41 +178,24 @@ def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
     return check_latent_tensor(torch.from_numpy(values), "latents"), meta if isinstance(meta, dict) else {}
 
 
-def check_latents(latents: torch.Tensor, c: int, f: int, max_items: int, max_pixels: int) -> None:
-    n, channels, h, w = latents.shape
-    if channels != c:
-        raise InputError(f"latents have {channels} channels; this model expects c={c}: shape (N, {c}, h, w)")
+def check_latents(latents: torch.Tensor, config: DGAEConfig, max_items: int, max_pixels: int) -> None:
+    """The model's own checks (channels, finite values), then the service's limits."""
+    pipeline.check_latents(config, latents)
+    n, _, h, w = latents.shape
+    f = config.downsample_factor
     if n > max_items:
         raise TooLargeError(f"{n} latents exceed the limit of {max_items} per request")
     if h * w * f * f > max_pixels:
         raise TooLargeError(f"latents {h}x{w} decode to {h * f}x{w * f} = {h * w * f * f} pixels, over the "
                             f"limit of {max_pixels}")
-    if not torch.isfinite(latents).all():
-        raise InputError("latents contain NaN or infinite values")
 
 
-def fit_infos(meta: dict, n: int, max_pixels: int) -> list[FitInfo | None]:
-    """Per-latent fit records from request metadata (validated: they drive crops and resizes)."""
-    images = meta.get(IMAGES_KEY)
-    if images is None:
-        return [None] * n
-    if not isinstance(images, list) or len(images) != n:
-        raise InputError(f"metadata '{IMAGES_KEY}' must be a list with one entry per latent ({n})")
-    out = []
-    for i, d in enumerate(images):
-        try:
-            info = FitInfo(**{fl.name: d[fl.name] for fl in fields(FitInfo) if fl.name in d})
-        except (TypeError, KeyError) as exc:
-            raise InputError(f"metadata images[{i}]: {exc}") from None
-        ints = [getattr(info, fl.name) for fl in fields(FitInfo) if fl.name != "fit"]
-        if not all(type(v) is int and v >= 0 for v in ints) or info.fit not in FIT_POLICIES:
-            raise InputError(f"metadata images[{i}]: sizes must be non-negative integers and fit one of "
-                             f"{', '.join(FIT_POLICIES)}")
-        if not 0 < info.orig_height * info.orig_width <= max_pixels:
-            raise TooLargeError(f"metadata images[{i}]: original size {info.orig_width}x{info.orig_height} "
-                                f"is empty or over the pixel limit {max_pixels}")
-        out.append(info)
-    return out
+def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None]) -> int:
+    """Pixels a decode holds: each item's decoder output (h*f x w*f), or its recorded original size
+    when that is larger (a ``resize`` fit is undone at full size)."""
+    _, _, h, w = latents.shape
+    out = h * f * w * f
+    return sum(max(out, info.orig_height * info.orig_width if info else 0) for info in infos)
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """HTTP errors: every failure becomes ``{"error": {"code", "message"}}`` with a fitting status.
 
 The project's typed errors (dgae.errors) map by class; the service adds its own for media types,
-parameters, auth, backpressure and deadlines. Anything unexpected is logged with its traceback and
-answered 500 with a generic message, so no input can kill the process or leak internals.
+parameters, auth, backpressure, memory and deadlines. Running out of memory (CUDA or CPU, in a batch
+or anywhere in a route) is 503 ``out_of_memory`` with ``Retry-After``, never 500. Anything else
+unexpected is logged with its traceback and answered 500 with a generic message, so no input can
+kill the process or leak internals.
 """
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import torch
+
 from dgae.errors import BackendError, CheckpointError, ConfigError, DGAEError, InputError, TooLargeError
 
 log = logging.getLogger(__name__)
+
+# Allocation failures by message: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory",
+# "not enough memory" on Windows), CUDA ("out of memory"), ONNX Runtime ("Failed to allocate memory"),
+# the OS (ENOMEM: "Cannot allocate memory").
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+               "failed to allocate memory")
 
 
 class ServiceError(DGAEError):
@@ -53,8 +63,33 @@ class ShuttingDown(ServiceError):
     status, code = 503, "shutting_down"
 
 
+class BudgetFull(ServiceError):
+    status, code = 503, "budget_full"
+
+
+class OutOfMemory(ServiceError):
+    status, code = 503, "out_of_memory"
+
+
 class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
+
+
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch's OutOfMemoryError, or a runtime's allocator message.
+    The project's own typed errors are never taken for one (their messages are about the input)."""
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type))
+    if isinstance(exc, (MemoryError, *oom_types)):
+        return True
+    if isinstance(exc, DGAEError) or not isinstance(exc, Exception):
+        return False
+    text = str(exc).lower()
+    return any(marker in text for marker in OOM_MARKERS)
 
 
 class ErrorDetail(BaseModel):
@@ -94,8 +129,16 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def response_for(exc: Exception) -> JSONResponse:
+def out_of_memory(what: str, exc: BaseException, retry_after_s: int) -> OutOfMemory:
+    return OutOfMemory(f"the server ran out of memory {what} ({type(exc).__name__}); retry later or send a "
+                       f"smaller request", headers=retry_after(retry_after_s))
+
+
+def response_for(exc: Exception, retry_after_s: int) -> JSONResponse:
     """The JSON error response for any exception (used by handlers and by the batcher's callers)."""
+    if is_out_of_memory(exc):
+        log.error("out of memory while handling a request", exc_info=exc)
+        exc = out_of_memory("handling the request", exc, retry_after_s)
     if isinstance(exc, DGAEError):
         headers = exc.headers if isinstance(exc, ServiceError) else None
         return error_response(status_of(exc), exc.code, str(exc), headers)
@@ -111,14 +154,15 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request parameters"
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Register the JSON error handlers; each tags the scope with its code for the failure metric."""
+def install_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Register the JSON error handlers; each tags the scope with its code for the failure metric.
+    ``retry_after_s`` goes on the 503 an out-of-memory error becomes."""
     def tagged(request: Request, response: JSONResponse, code: str) -> JSONResponse:
         request.scope[ERROR_CODE_SCOPE_KEY] = code
         return response
 
     async def on_dgae_error(request: Request, exc: DGAEError) -> JSONResponse:
-        return tagged(request, response_for(exc), exc.code)
+        return tagged(request, response_for(exc, retry_after_s), exc.code)
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return tagged(request, error_response(422, "invalid_parameter", _validation_message(exc)), "invalid_parameter")
@@ -129,18 +173,24 @@ def install_handlers(app: FastAPI) -> None:
                       code)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return tagged(request, response_for(exc), "internal_error")
+        response = response_for(exc, retry_after_s)
+        return tagged(request, response, OutOfMemory.code if is_out_of_memory(exc) else "internal_error")
 
     app.add_exception_handler(DGAEError, on_dgae_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Allocation failures surface as these; handled like any typed error (answered, not re-raised to the server).
+    app.add_exception_handler(MemoryError, on_unexpected)
+    app.add_exception_handler(RuntimeError, on_unexpected)
     app.add_exception_handler(Exception, on_unexpected)
 
 
 def openapi_errors(*statuses: int) -> dict[int, dict]:
     """``responses=`` entries documenting the JSON error body for the given statuses."""
     text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
-            413: "body, pixels or item count over the limit", 415: "unsupported Content-Type",
-            422: "parameter out of range", 500: "backend failure (only this batch's requests)",
-            503: "queue full or not ready (Retry-After)", 504: "request deadline exceeded"}
+            413: "body, pixels (per image or per request) or item count over the limit",
+            415: "unsupported Content-Type", 422: "parameter out of range",
+            500: "backend failure (only this batch's requests)",
+            503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
+            504: "request deadline exceeded"}
     return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

@@ -32,6 +32,14 @@ class ServiceMetrics:
                                 ["operation"], registry=r)
         self.oom_splits = Counter("dgae_oom_splits", "Batches split after an out-of-memory error",
                                   ["operation"], registry=r)
+        self.dropped = Counter("dgae_dropped", "Queued requests dropped before compute (client_disconnected, "
+                               "deadline_exceeded, cancelled)", ["operation", "reason"], registry=r)
+        self.inflight_pixels = Gauge("dgae_inflight_pixels", "Pixels of admitted requests not yet answered "
+                                     "(queued, computing or encoding the response)", ["operation"], registry=r)
+        self.inflight_limit = Gauge("dgae_inflight_pixels_limit", "The in-flight pixel budget (all operations)",
+                                    registry=r)
+        self.budget_rejections = Counter("dgae_budget_rejections", "Requests refused because the in-flight "
+                                         "pixel budget was full", ["operation"], registry=r)
         self.images_encoded = Counter("dgae_images_encoded", "Images encoded", registry=r)
         self.images_decoded = Counter("dgae_images_decoded", "Images decoded", registry=r)
         self.decode_steps = Histogram("dgae_decode_steps", "Sampler steps per decoded image",

@@ -1,4 +1,4 @@
-"""``POST /encode`` and ``POST /decode``: parse, validate, queue on the batcher, encode the answer.
+"""``POST /encode`` and ``POST /decode``: parse, validate, admit by cost, queue on the batcher, encode the answer.
 
 Everything CPU-heavy (image decoding, tensor parsing, PNG encoding) runs in the thread pool;
 model work runs in the backend's worker thread via the batcher, so the event loop stays free.
@@ -7,6 +7,7 @@ Parameter ranges come from the model spec, so /openapi.json states the real limi
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Literal
 
 import torch
@@ -17,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dgae.errors import InputError
 from dgae.imageio import to_tensor, to_uint8
+from dgae.latents_io import encode_metadata, fit_infos, image_names
 from dgae.sampler import resolve_seeds
 
 from . import codecs
@@ -26,9 +28,13 @@ from .state import DECODE, ENCODE, ModelSpec, ServiceState
 SEED_PATTERN = r"^[0-9]{1,19}(,[0-9]{1,19})*$"
 DEFAULT_QUALITY = 95
 MAX_QUALITY = 100
+TILE_DOC = ("auto: images larger than the model's tile are processed as overlapping, blended tiles "
+            "(bounded memory, linear time); off: in one piece (may run out of memory on large images)")
 LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 H_SEEDS, H_STEPS, H_MODEL, H_SHA, H_MODE, H_SHAPE = (
     "X-DGAE-Seeds", "X-DGAE-Steps", "X-DGAE-Model", "X-DGAE-Checkpoint-Sha256", "X-DGAE-Mode", "X-DGAE-Shape")
+H_TIMING = "Server-Timing"  # "<op>;dur=<ms>": this request's wait in the batch queue + the model's batch
+MS_PER_S = 1000
 _bearer = HTTPBearer(auto_error=False, description="required only when the server sets DGAE_API_KEYS")
 
 
@@ -62,6 +68,12 @@ def _headers(svc: ServiceState, **extra: str) -> dict[str, str]:
     return {H_MODEL: svc.spec.preset, H_SHA: svc.backend.checkpoint_sha256 if svc.backend else "", **extra}
 
 
+def _timing(op: str, started: float) -> dict[str, str]:
+    """Server-Timing for the model part of a request (queue wait + batch compute), since ``started``."""
+    ms = (time.perf_counter() - started) * MS_PER_S
+    return {H_TIMING: f'{op};dur={ms:.1f};desc="queue + model"'}
+
+
 def _body_doc(content: dict) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
@@ -93,7 +105,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
 
     @router.post("/encode", summary="Encode images to latents", response_class=Response, openapi_extra=ENCODE_BODY,
                  responses={200: {"description": f"latents (N, {spec.c}, H/{spec.f}, W/{spec.f})",
-                                  "headers": _header_doc(H_MODEL, H_SHA, H_MODE, H_SEEDS, H_SHAPE),
+                                  "headers": _header_doc(H_MODEL, H_SHA, H_MODE, H_SEEDS, H_SHAPE, H_TIMING),
                                   "content": {codecs.SAFETENSORS: _binary("latents + metadata"),
                                               codecs.NPY: _binary("latents"), codecs.JSON: {"schema": {}}}},
                             **errors})
@@ -103,6 +115,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         seed: str | None = Query(None, pattern=SEED_PATTERN,
                                  description="mode=sample: one int s (image i uses s+i) or one per image, "
                                              "comma-separated; random when absent (see X-DGAE-Seeds)"),
+        tile: Literal["auto", "off"] = Query("auto", description=TILE_DOC),
         fit: Literal["error", "pad", "crop", "resize"] = Query(
             "pad", description=f"sides not a multiple of f={spec.f}: refuse, pad (decode crops back), "
                                "centre-crop, or resize"),
@@ -115,6 +128,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
         s = svc.settings
         body = await codecs.read_body(request, s.max_body_bytes)
         files = await codecs.image_files(request, body, s.max_items)
+        svc.admission.admit(request, ENCODE, await run_in_threadpool(codecs.image_pixels, files, s.max_pixels))
         rgbs, infos = await run_in_threadpool(codecs.decode_images, files, spec.f, fit, s.max_pixels)
         n, (h, w) = len(rgbs), rgbs[0].shape[:2]
         values = n * spec.c * (h // spec.f) * (w // spec.f)
@@ -122,20 +136,21 @@ def build_router(spec: ModelSpec) -> APIRouter:
             raise ParameterError(f"format=json is limited to {s.max_json_values} latent values (this request has "
                                  f"{values}); use safetensors or npy")
         seeds = parse_seeds(seed, n) if mode == "sample" else [0] * n
-        latents = await svc.submit(ENCODE, (mode, h, w), await run_in_threadpool(to_tensor, rgbs), seeds)
-        svc.metrics.images_encoded.inc(n)
-        meta = {"model": spec.preset, "checkpoint_sha256": svc.backend.checkpoint_sha256, "f": spec.f, "c": spec.c,
-                "mode": mode, "seeds": seeds if mode == "sample" else None,
-                "images": [dict(name=name, **info.to_dict()) for (name, _), info in zip(files, infos)]}
+        images = await run_in_threadpool(to_tensor, rgbs)
+        started = time.perf_counter()
+        latents = await svc.encode(images, mode, seeds, tile)
+        timing = _timing(ENCODE, started)
+        meta = encode_metadata(svc.backend.config, svc.backend.checkpoint_sha256, mode, seeds,
+                               [name for name, _ in files], infos)
         data, media = await run_in_threadpool(codecs.latents_body, latents, fmt, LATENT_DTYPES[dtype], meta)
-        headers = _headers(svc, **{H_MODE: mode, H_SHAPE: ",".join(map(str, latents.shape))})
+        headers = _headers(svc, **{H_MODE: mode, H_SHAPE: ",".join(map(str, latents.shape))}, **timing)
         if mode == "sample":
             headers[H_SEEDS] = ",".join(map(str, seeds))
         return Response(data, media_type=media, headers=headers)
 
     @router.post("/decode", summary="Decode latents to images", response_class=Response, openapi_extra=DECODE_BODY,
                  responses={200: {"description": "one image, a zip of several, or uint8 (N, H, W, 3) tensors",
-                                  "headers": _header_doc(H_MODEL, H_SHA, H_SEEDS, H_STEPS),
+                                  "headers": _header_doc(H_MODEL, H_SHA, H_SEEDS, H_STEPS, H_TIMING),
                                   "content": {**{m: _binary("image") for m in codecs.IMAGE_FORMATS.values()},
                                               codecs.ZIP: _binary("several images"),
                                               codecs.SAFETENSORS: _binary("uint8 'images' (N, H, W, 3)"),
@@ -143,6 +158,7 @@ def build_router(spec: ModelSpec) -> APIRouter:
                             **errors})
     async def decode(
         request: Request,
+        tile: Literal["auto", "off"] = Query("auto", description=TILE_DOC),
         steps: int | None = Query(None, ge=1, le=spec.max_steps,
                                   description=f"sampler steps, 1..{spec.max_steps} (default {spec.default_steps})"),
         seed: str | None = Query(None, pattern=SEED_PATTERN,
@@ -159,22 +175,21 @@ def build_router(spec: ModelSpec) -> APIRouter:
         body = await codecs.read_body(request, s.max_body_bytes)
         latents, meta = await run_in_threadpool(codecs.parse_latents, body, codecs.media_type(request),
                                                 s.max_json_values)
-        codecs.check_latents(latents, spec.c, spec.f, s.max_items, s.max_pixels)
+        codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
         n = len(latents)
-        infos = codecs.fit_infos(meta, n, s.max_pixels)
-        names = [im.get("name", "") if isinstance(im, dict) else "" for im in meta.get("images") or []]
+        infos, names = fit_infos(meta, n, s.max_pixels), image_names(meta)
+        svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, infos))
         seeds = parse_seeds(seed, n)
         steps = steps or spec.default_steps
-        images = await svc.submit(DECODE, (steps, *latents.shape[1:]), latents, seeds)
-        svc.metrics.images_decoded.inc(n)
-        for _ in range(n):
-            svc.metrics.decode_steps.observe(steps)
+        started = time.perf_counter()
+        images = await svc.decode(latents, steps, seeds, tile)
+        timing = _timing(DECODE, started)
         out_meta = {"model": spec.preset, "steps": steps, "seeds": seeds}
         rgbs = await run_in_threadpool(to_uint8, images)
         data, media, filename = await run_in_threadpool(codecs.images_body, rgbs, infos, names, fmt, quality,
                                                         out_meta)
         headers = _headers(svc, **{H_SEEDS: ",".join(map(str, seeds)), H_STEPS: str(steps),
-                                   "Content-Disposition": f'inline; filename="{filename}"'})
+                                   "Content-Disposition": f'inline; filename="{filename}"'}, **timing)
         return Response(data, media_type=media, headers=headers)
 
     return router

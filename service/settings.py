@@ -12,11 +12,13 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dgae.imageio import DEFAULT_MAX_PIXELS
+from dgae.precision import PRECISIONS
 
 ENV_PREFIX = "DGAE_"
 MIB = 1 << 20
+DEFAULT_MAX_REQUEST_PIXELS = DEFAULT_MAX_PIXELS  # a request may hold as many pixels as one largest image
+INFLIGHT_LARGEST_REQUESTS = 2  # the default in-flight budget: two largest requests
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class ServiceSettings(BaseSettings):
@@ -24,7 +26,9 @@ class ServiceSettings(BaseSettings):
 
     # --- model / runtime ----------------------------------------------------------------
     checkpoint: str | None = Field(None, description="checkpoint .safetensors (default: bundled weights/)")
-    backend: str = Field("torch", description="backend name understood by dgae.backends.factory")
+    backend: str = Field("auto", description="backend name understood by backends.factory; auto: the fastest "
+                                             "that starts here (CPU: ONNX Runtime with a cached, validated "
+                                             "export, else torch channels_last)")
     device: str = Field("cpu", description="cpu | cuda[:N]")
     precision: str = Field("fp32", description="fp32 | fp16 | bf16")
     compile: bool = Field(False, description="torch backend: torch.compile the networks")
@@ -52,6 +56,13 @@ class ServiceSettings(BaseSettings):
     # --- input limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * MIB, ge=1, description="request body limit (413)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="per image, input or output (413)")
+    max_request_pixels: int = Field(DEFAULT_MAX_REQUEST_PIXELS, ge=1,
+                                    description="per request, all images together, input or output; checked "
+                                                "from image headers / the latent shape before decoding (413)")
+    inflight_pixels: int = Field(INFLIGHT_LARGEST_REQUESTS * DEFAULT_MAX_REQUEST_PIXELS, ge=1,
+                                 description="pixels of admitted requests not yet answered, all operations "
+                                             "together; a request that does not fit gets 503 (one larger than "
+                                             "the whole budget runs alone when nothing else is in flight)")
     max_items: int = Field(16, ge=1, description="images or latents per request (413)")
     max_json_values: int = Field(1 << 18, ge=1, description="largest tensor sent or returned as JSON")
     default_steps: int | None = Field(None, ge=1, description="decode steps default (model's if unset)")

@@ -24,5 +24,5 @@ def tiny_export(tmp_path_factory, checkpoint: Path) -> Path:
 
 
 def copy_export(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst

@@ -34,12 +34,14 @@ class Limits:
 
     max_body_bytes: int = 256 * 1024
     max_pixels: int = 128 * 128
+    max_request_pixels: int = 2 * 128 * 128  # two largest images
     max_items: int = 4
     max_json_values: int = 512
 
     def settings(self) -> dict:
         return {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels,
-                "max_items": self.max_items, "max_json_values": self.max_json_values}
+                "max_request_pixels": self.max_request_pixels, "max_items": self.max_items,
+                "max_json_values": self.max_json_values}
 
     def flags(self) -> list[str]:
         return [x for k, v in self.settings().items() for x in (f"--{k.replace('_', '-')}", str(v))]
@@ -50,6 +52,13 @@ def png(h: int = 32, w: int = 32, seed: int = 0, mode: str = "RGB") -> bytes:
     shape = (h, w, 3) if mode == "RGB" else (h, w)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def flat_png(side: int, colour: tuple[int, int, int]) -> bytes:
+    """A side x side RGB PNG of one colour (compresses to a few tens of KB)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -101,6 +110,8 @@ def malformed_requests(lim: Limits) -> list[Bad]:
     good_npy = npy_bytes(one.numpy())
     side = int(lim.max_pixels ** 0.5) + F  # just over the pixel limit
     pixels_latent = latents(1, side // F, side // F)
+    largest = int(lim.max_pixels ** 0.5)  # one image at the per-image limit
+    over_request = lim.max_request_pixels // (largest * largest) + 1  # that many pass it all together
     return [
         Bad("undecodable image names file", "POST", "/encode", 400,
             {"files": {"image": ("holiday.png", b"definitely not a png", "image/png")}}, needle="holiday.png"),
@@ -158,6 +169,12 @@ def malformed_requests(lim: Limits) -> list[Bad]:
         Bad("decode image content type", "POST", "/decode", 415, {"content": good_npy, **ct("image/png")}),
         Bad("too many latents", "POST", "/decode", 413, {"content": st_bytes(latents(lim.max_items + 1))}),
         Bad("latents over pixel limit", "POST", "/decode", 413, {"content": st_bytes(pixels_latent)}),
+        Bad("images over the request pixel limit", "POST", "/encode", 413,
+            {"files": [("image", (f"{i}.png", png(largest, largest, seed=i), "image/png"))
+                       for i in range(over_request)]}, needle=f"limit of {lim.max_request_pixels} pixels per request"),
+        Bad("latents over the request pixel limit", "POST", "/decode", 413,
+            {"content": st_bytes(latents(over_request, largest // F, largest // F))},
+            needle=f"limit of {lim.max_request_pixels} pixels per request"),
         Bad("metadata wrong length", "POST", "/decode", 400,
             {"content": st_bytes(one, {"images": [{}, {}]})}, needle="metadata"),
         Bad("metadata huge original size", "POST", "/decode", 413,
@@ -205,11 +222,11 @@ class Server:
 
 @contextlib.contextmanager
 def serve(checkpoint: Path, log_dir: Path, *flags: str):
-    """Start `python -m dgae serve` on a free loopback port; wait for /readyz; always stop it."""
+    """Start `python -m cli serve` on a free loopback port; wait for /readyz; always stop it."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "DGAE_CHECKPOINT": str(checkpoint)}
-    cmd = [sys.executable, "-m", "dgae", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log)

@@ -53,7 +53,7 @@ def start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Pop
 
 
 def start_service(checkpoint: Path, port: int, log_path: Path, **extra_env: str) -> subprocess.Popen:
-    return start([sys.executable, "-m", "dgae", "serve"], service_env(checkpoint, port, **extra_env), log_path)
+    return start([sys.executable, "-m", "cli", "serve"], service_env(checkpoint, port, **extra_env), log_path)
 
 
 def log_tail(proc: subprocess.Popen) -> str:

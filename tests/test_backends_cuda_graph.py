@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dgae.backends.torch_backend import TorchBackend
+from backends.torch_backend import TorchBackend
 from dgae.errors import BackendError
 
 

@@ -6,10 +6,10 @@ import logging
 import pytest
 import torch
 
-from dgae.backends import factory
-from dgae.backends.onnxruntime_backend import OnnxRuntimeBackend
-from dgae.backends.torch_backend import TorchBackend
-from dgae.checkpoint import file_sha256
+from backends import factory
+from backends.onnxruntime_backend import OnnxRuntimeBackend
+from backends.torch_backend import TorchBackend
+from dgae.hashing import file_sha256
 from dgae.errors import BackendError
 from export import cache
 from tests.export_fixtures import EXPORT_TIMEOUT_S, copy_export, tiny_export
@@ -38,7 +38,9 @@ def test_onnxruntime_precision_mismatch(onnx_dir, tiny_checkpoint):
 
 def test_onnxruntime_uses_the_export_cache(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
-    target = tmp_path / "onnx" / f"{file_sha256(tiny_checkpoint)[:cache.SHA_PREFIX_CHARS]}-fp32"
+    parts = {"checkpoint_sha256": file_sha256(tiny_checkpoint), "precision": "fp32", "unroll_steps": "2",
+             "torch": torch.__version__}
+    target = tmp_path / "onnx" / cache.entry_name(cache.ONNX_KIND, parts)  # one entry per checkpoint + options
     exports = []
 
     def fake_export(path, directory, **kwargs):  # stands in for the slow tracing; copies the real export
@@ -89,7 +91,7 @@ def test_auto_candidates_explain_themselves():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU host auto picks a GPU runtime")
 def test_auto_picks_onnxruntime_on_cpu_and_logs_why(onnx_dir, tiny_checkpoint, caplog):
-    with caplog.at_level(logging.INFO, logger="dgae.backends.factory"):
+    with caplog.at_level(logging.INFO, logger="backends.factory"):
         b = factory.create_backend("auto", tiny_checkpoint, device="auto", onnx_dir=onnx_dir)
     assert isinstance(b, OnnxRuntimeBackend)
     assert b.auto_reason.startswith("onnxruntime-cpu")

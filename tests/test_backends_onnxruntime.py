@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dgae.backends.onnxruntime_backend import CUDA_EP, OnnxRuntimeBackend
-from dgae.backends.torch_backend import TorchBackend
+from backends.onnxruntime_backend import CUDA_EP, OnnxRuntimeBackend
+from backends.torch_backend import TorchBackend
 from dgae.errors import BackendError, InputError
 from tests.export_fixtures import EXPORT_TIMEOUT_S, UNROLL_STEPS, tiny_export
 

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import throughput
 from benchmarks.report import latency_summary, percentile, time_repeats
-from dgae import cli
+from cli import main as cli
 
 TINY_GRID = throughput.Grid(sizes=(32,), batches=(1, 2), steps=(1, 2), steps_sizes=1, warmup=0, repeats=1)
 
@@ -49,7 +49,7 @@ def test_unknown_backend_name_is_a_clear_error():
 def test_run_measures_baseline_and_ratios_from_the_same_run(tiny_checkpoint, monkeypatch):
     """A second torch row stands in for another runtime, so the ratio plumbing is exercised with
     real measurements; CUDA-only rows must be skipped with a reason."""
-    twin = throughput.BackendSpec("torch-eager-twin", "torch", env={throughput.KERNELS_ENV: "reference"})
+    twin = throughput.BackendSpec("torch-eager-twin", "torch", kernels="reference")
     monkeypatch.setattr(throughput, "SPECS", (*throughput.SPECS, twin))
     report = throughput.run(tiny_checkpoint, "cpu", TINY_GRID, quick=True,
                             names=["torch-eager-twin", "tensorrt-fp16"], budget_s=None, peak_tflops=None)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dgae import cli
+from cli import main as cli
 
 pytestmark = pytest.mark.server
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dgae.checkpoint import describe, file_sha256, load_checkpoint, read_config, save_checkpoint
+from dgae.checkpoint import describe, load_checkpoint, read_config, save_checkpoint
+
+from dgae.hashing import file_sha256
 from dgae.errors import CheckpointError
 from dgae.model import DGAE
 from dgae.presets import get_preset

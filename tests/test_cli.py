@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from dgae.cli import main
+from cli.main import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dgae", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture()
@@ -100,7 +100,7 @@ def test_missing_optional_dependency_disables_only_its_subcommand(tmp_path):
     code = textwrap.dedent("""
         import sys
         sys.modules["pydantic"] = None  # import pydantic -> ModuleNotFoundError
-        from dgae.cli import main
+        from cli.main import main
         sys.exit(main(sys.argv[1:]))
     """)
     repo = Path(__file__).resolve().parents[1]
@@ -112,3 +112,19 @@ def test_missing_optional_dependency_disables_only_its_subcommand(tmp_path):
     info = subprocess.run([sys.executable, "-c", code, "info", "--help"], cwd=repo, capture_output=True, text=True,
                           timeout=120, check=False)
     assert info.returncode == 0, info.stderr
+
+
+def test_info_validates_tensors_as_loading_does(tmp_path, tiny_checkpoint):
+    """The largest tensor replaced by a flat one of half its elements: info and decode both refuse it."""
+    import torch
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_checkpoint), "pt") as fh:
+        meta, t = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    largest = max(t, key=lambda k: t[k].numel())
+    t[largest] = torch.zeros(t[largest].numel() // 2)
+    bad = tmp_path / "flat.safetensors"
+    save_file(t, str(bad), metadata=meta)
+    r = run_cli("info", bad)
+    assert r.returncode == 2 and largest in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from dgae.data import fetch
+from training.data import fetch
 from dgae.errors import ConfigError
 
 DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -67,7 +67,7 @@ def test_build_python_photos_then_skip(tmp_path, caplog):
             assert im.mode == "RGB" and im.format == "JPEG" and im.size == (entry["width"], entry["height"])
             assert max(im.size) == 96
             assert abs(im.width / im.height - orig.width / orig.height) < 0.02
-        assert entry["sha256"] == fetch.sha256_file(path)
+        assert entry["sha256"] == fetch.file_sha256(path)
         assert entry["licence"] and entry["source"] in ("scikit-image", "scikit-learn")
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest

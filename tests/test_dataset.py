@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dgae.data.dataset import ImageFolderDataset, grid_offsets, make_loader
+from training.data.dataset import ImageFolderDataset, grid_offsets, make_loader
 from dgae.errors import ConfigError, InputError
 
 CROP = 16

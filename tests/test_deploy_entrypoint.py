@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy import engine_cache, entrypoint, healthcheck
+from deploy import entrypoint, healthcheck
+from export import cache as engine_cache
 from deploy.entrypoint import Machine, decide, prepare, prepare_with_fallback
 from dgae.checkpoint import BUNDLED_CHECKPOINT
 from dgae.errors import BackendError, ConfigError
@@ -117,7 +118,7 @@ def test_changed_gpu_rebuilds_engines_only_and_changed_checkpoint_rebuilds_all(t
     other = _prepare(tmp_path, L4, SHA_B, run)
     assert run.kinds()[-2:] == ["onnx", "tensorrt"] and other["DGAE_ONNX_DIR"] != l4["DGAE_ONNX_DIR"]
     assert _prepare(tmp_path, L4, SHA_A, run) == l4  # the old entries are still reused
-    manifest = engine_cache.read_manifest(Path(l4["DGAE_ENGINE_DIR"]))
+    manifest = engine_cache.read_entry(Path(l4["DGAE_ENGINE_DIR"]))
     assert manifest["parts"]["gpu"] == "NVIDIA L4" and manifest["parts"]["checkpoint_sha256"] == SHA_A
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dgae.cli import main
+from cli.main import main
 
 CROP = 64
 
@@ -69,10 +69,10 @@ def test_eval_writes_json_table_plot_and_grid(eval_out):
 
 
 def test_thumbnail_baseline_row_matches_the_metric(eval_out, photos):
-    from dgae.evaluate import quantize
+    from evaluation.evaluate import quantize
     from dgae.imageio import to_tensor
-    from dgae.metrics.image_quality import psnr
-    from dgae.metrics.thumbnail import thumbnail_baseline
+    from training.metrics.image_quality import psnr
+    from training.metrics.thumbnail import thumbnail_baseline
 
     result = json.loads((eval_out / "eval.json").read_text())
     crops = to_tensor([np.asarray(_photo(i).convert("RGB"))[4:4 + CROP, 12:12 + CROP] for i in (0, 2)])
@@ -83,9 +83,9 @@ def test_thumbnail_baseline_row_matches_the_metric(eval_out, photos):
 def test_evaluate_reports_kid_per_row(tiny_checkpoint, photos):
     """With a (cheap, stand-in) feature extractor every row gets KID/FID, and the near-lossless
     thumbnail of smooth photos is closer to the originals than the untrained model's output."""
-    from dgae.backends.factory import create_backend
-    from dgae.evaluate import EvalSettings, evaluate, load_crops
-    from dgae.metrics.lpips import LPIPS
+    from backends.factory import create_backend
+    from evaluation.evaluate import EvalSettings, evaluate, load_crops
+    from training.metrics.lpips import LPIPS
 
     settings = EvalSettings(data=str(photos), split="val", crop=CROP, max_side=64, crops_per_image=2,
                             steps=(1,), seed=0, batch_size=4, grid_rows=2).validate()
@@ -125,7 +125,7 @@ def test_eval_with_kid_requested_but_missing_network(tiny_checkpoint, photos, tm
 
 # ----------------------------------------------------------------------------- model card
 def test_model_card_from_run_and_eval(eval_out, photos, tiny_checkpoint, tmp_path):
-    from dgae.model_card import main as card_main
+    from evaluation.model_card import main as card_main
 
     from dgae.checkpoint import load_checkpoint, save_checkpoint
 
@@ -155,7 +155,7 @@ def test_model_card_from_run_and_eval(eval_out, photos, tiny_checkpoint, tmp_pat
 
 
 def test_model_card_without_eval_is_a_clear_error(tmp_path, capsys):
-    from dgae.model_card import main as card_main
+    from evaluation.model_card import main as card_main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")

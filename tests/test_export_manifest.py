@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from dgae.checkpoint import file_sha256
+from dgae.hashing import file_sha256
 
-from dgae.backends.onnxruntime_backend import OnnxRuntimeBackend
+from backends.onnxruntime_backend import OnnxRuntimeBackend
 from dgae.errors import BackendError
 from export import manifest as mf
 from tests.export_fixtures import EXPORT_TIMEOUT_S, copy_export, tiny_export

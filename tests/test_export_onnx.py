@@ -10,8 +10,9 @@ import onnx
 import pytest
 import torch
 
-from dgae import cli
-from dgae.checkpoint import BUNDLED_CHECKPOINT, file_sha256, load_checkpoint
+from cli import main as cli
+from dgae.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint
+from dgae.hashing import file_sha256
 from dgae.errors import ExportError
 from dgae.sampler import SamplePlan, make_buffer, run_sampler
 from export import manifest as mf

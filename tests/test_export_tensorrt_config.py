@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from dgae import cli
+from cli import main as cli
 from dgae.errors import BackendError, ExportError
 from export import manifest as mf
 from export import tensorrt_build as tb
@@ -138,8 +138,8 @@ def test_build_without_tensorrt_is_a_clear_error(onnx_dir, tmp_path, capsys):
 @pytest.mark.skipif(not HAS_TRT or not torch.cuda.is_available(),
                     reason="building and running engines needs the tensorrt package and a CUDA GPU")
 def test_engines_build_load_and_match_torch(onnx_dir, tiny_checkpoint, tmp_path):  # pragma: no cover
-    from dgae.backends.tensorrt_backend import TensorRTBackend
-    from dgae.backends.torch_backend import TorchBackend
+    from backends.tensorrt_backend import TensorRTBackend
+    from backends.torch_backend import TorchBackend
 
     plan = tb.make_build_plan(onnx_dir, tmp_path, "fp32", tb.ShapeRange(1, 2, 4, (16, 16), (32, 32), (64, 64)))
     tb.build_engines(plan)

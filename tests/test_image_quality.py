@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgae.errors import InputError
-from dgae.metrics.image_quality import psnr, ssim
+from training.metrics.image_quality import psnr, ssim
 
 
 def test_psnr_of_constant_offset():

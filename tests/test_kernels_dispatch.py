@@ -101,8 +101,8 @@ def test_training_step_gradients_match_reference_in_triton_mode(monkeypatch):
     every parameter (attention, fused norms and all: nothing silently detached)."""
     from dgae.model import DGAE
     from dgae.presets import get_preset
-    from dgae.train.config import get_recipe
-    from dgae.train.objective import DGAEObjective
+    from training.config import get_recipe
+    from training.objective import DGAEObjective
 
     torch.manual_seed(0)
     model = DGAE(get_preset("tiny"))
@@ -143,3 +143,34 @@ def test_fixed_launch_configs_without_autotuning(monkeypatch):
     assert common.autotune_enabled() is torch.cuda.is_available()
     monkeypatch.setenv(common.AUTOTUNE_ENV, "0")
     assert not common.autotune_enabled()
+
+
+def test_use_kernels_is_local_to_the_thread_and_leaves_the_environment_alone(monkeypatch):
+    """An in-process export traces the references; a serving thread must keep its own selection."""
+    import os
+    import threading
+
+    monkeypatch.setenv(_dispatch.ENV_VAR, "triton")
+    inside, other = threading.Event(), {}
+    release = threading.Event()
+
+    def exporter():
+        with kernels.use_kernels("reference"):
+            other["exporter"] = kernels.kernel_mode()
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=exporter)
+    t.start()
+    assert inside.wait(10)
+    other["server"] = kernels.kernel_mode()  # while the exporter's override is active
+    release.set()
+    t.join(10)
+    assert other == {"exporter": "reference", "server": "triton"}
+    assert os.environ[_dispatch.ENV_VAR] == "triton"
+    with kernels.use_kernels("reference"):
+        assert kernels.kernel_mode() == "reference"
+    assert kernels.kernel_mode() == "triton"
+    with pytest.raises(ValueError, match="use_kernels"):
+        with kernels.use_kernels("fastest"):
+            pass

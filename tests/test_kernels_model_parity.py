@@ -1,6 +1,5 @@
 """Model-level parity: a tiny-preset decode (and encode) through the Triton kernels (interpreter on
 CPU, real kernels on CUDA) equals the PyTorch-reference decode within 1e-4 relative."""
-import pytest
 import torch
 
 from kernel_cases import requires_triton

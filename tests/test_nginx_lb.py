@@ -170,6 +170,23 @@ def test_body_limit_and_internal_paths(cluster):
 
 
 @pytest.mark.server
+def test_open_inference_protocol_goes_through_the_balancer(cluster):
+    import numpy as np  # noqa: PLC0415
+
+    from kserve_cases import DECODER, binary_request, infer_path, read_binary_response  # noqa: PLC0415
+
+    z = np.zeros((1, 4, 2, 2), np.float32)
+    body, headers = binary_request([("latents", z, "FP32")], {"seed": 1, "binary_data_output": True})
+    with httpx.Client(base_url=cluster["lb"], timeout=120) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        r = client.post(infer_path(DECODER), content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    _, arrays = read_binary_response(r.content, int(r.headers["Inference-Header-Content-Length"]))
+    assert arrays["images"].shape == (1, 16, 16, 3)
+    assert served_by(cluster["nginx_log"], infer_path(DECODER))
+
+
+@pytest.mark.server
 def test_a_killed_replica_is_routed_around(cluster):
     victim, survivor = cluster["replicas"][0], cluster["ports"][1]
     assert stop(victim, signal.SIGKILL) == -signal.SIGKILL

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load as st_load
 
-from dgae.backends.base import Backend
-from dgae.backends.torch_backend import TorchBackend
-from dgae.cli import main as dgae_main
+from backends.base import Backend
+from backends.torch_backend import TorchBackend
+from cli.main import main as dgae_main
 from dgae.errors import CheckpointError, ConfigError
 from dgae.presets import get_preset
 from service.app import create_app
@@ -40,7 +40,7 @@ def wait_ready(client: TestClient) -> None:
 
 def make_client(**overrides) -> TestClient:
     backend = overrides.pop("backend", None)
-    settings = ServiceSettings(**{"api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
+    settings = ServiceSettings(**{"backend": "torch", "api_keys": (API_KEY,), "max_wait_ms": 5, "default_steps": STEPS,
                                   "torch_threads": 1, **LIMITS.settings(), **overrides})
     return TestClient(create_app(settings, backend=backend))
 
@@ -188,7 +188,8 @@ def test_metrics_cover_requests_failures_batches_and_images(client):
 def test_openapi_documents_parameters_limits_and_errors(client):
     doc = client.get("/openapi.json").json()
     enc, dec = doc["paths"]["/encode"]["post"], doc["paths"]["/decode"]["post"]
-    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format"}
+    assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format", "tile"}
+    assert {p["name"] for p in dec["parameters"]} == {"steps", "seed", "format", "quality", "tile"}
     steps = next(p for p in dec["parameters"] if p["name"] == "steps")
     assert steps["schema"]["anyOf"][0]["maximum"] == 64
     assert {"400", "401", "413", "415", "422", "500", "503", "504"} <= set(dec["responses"])
@@ -204,13 +205,19 @@ class Wrapped(Backend):
         self.inner, self.hook = inner, hook
         self.config, self.checkpoint_sha256 = inner.config, inner.checkpoint_sha256
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encode(self, images, mode="mean", seeds=None, tile="auto"):
         self.hook("encode", images)
-        return self.inner.encode(images, mode, seeds)
+        return self.inner.encode(images, mode, seeds, tile)
 
-    def decode(self, latents, steps=None, seeds=None):
+    def decode(self, latents, steps=None, seeds=None, tile="auto"):
         self.hook("decode", latents)
-        return self.inner.decode(latents, steps, seeds)
+        return self.inner.decode(latents, steps, seeds, tile)
+
+    def encoder_moments(self, images):
+        return self.inner.encoder_moments(images)
+
+    def denoise(self, buf, t):
+        return self.inner.denoise(buf, t)
 
     def info(self):
         return self.inner.info()
@@ -273,7 +280,7 @@ def test_settings_from_env_and_flags(monkeypatch, tiny_checkpoint):
     s = ServiceSettings()
     assert (s.max_batch_size, s.api_keys, s.queue_size) == (3, ("a", "b"), 5)
     assert "a" not in json.dumps(s.redacted()["api_keys"])
-    from dgae.cli import build_parser  # noqa: PLC0415
+    from cli.main import build_parser  # noqa: PLC0415
 
     args = build_parser().parse_args(["serve", "--queue-size", "9", "--no-warmup", "--max-wait-ms", "2.5"])
     s = build_settings(args)
@@ -297,11 +304,44 @@ class ConfigOnly(Backend):
     def __init__(self):
         self.config = get_preset("tiny")
 
-    def encode(self, images, mode="mean", seeds=None):
+    def encoder_moments(self, images):
         raise NotImplementedError
 
-    def decode(self, latents, steps=None, seeds=None):
+    def denoise(self, buf, t):
         raise NotImplementedError
 
     def info(self):
         raise NotImplementedError
+
+
+def test_cli_decode_of_a_service_encoding_restores_the_size_through_the_validated_path(client, tmp_path, tiny_checkpoint):
+    """/encode?fit=pad writes fit metadata; `dgae decode` restores the original size with the same
+    validation as /decode, so metadata the service refuses is refused by the CLI too."""
+    import json as _json
+
+    from safetensors.torch import save as st_save
+
+    enc = client.post("/encode?fit=pad", content=png(30, 21), headers={**AUTH, "Content-Type": "image/png"})
+    assert enc.status_code == 200
+    lat = tmp_path / "z.safetensors"
+    lat.write_bytes(enc.content)
+    out = tmp_path / "rec.png"
+    assert dgae_main(["decode", str(lat), "-o", str(out), "-c", str(tiny_checkpoint), "--steps", "1", "--seed", "4"]) == 0
+    cli_rgb = np.asarray(Image.open(out))
+    assert cli_rgb.shape == (30, 21, 3)  # png(h, w): neither side a multiple of f
+    served = client.post("/decode?steps=1&seed=4", content=enc.content, headers=AUTH)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(served.content))).astype(int) - cli_rgb).max() <= 1
+
+    tensors = st_load(enc.content)
+    meta = _json.loads(_st_metadata(enc.content)["dgae"])
+    meta["images"][0]["orig_width"] = 10 ** 6  # a decompression bomb in the metadata
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(st_save(tensors, metadata={"dgae": _json.dumps(meta)}))
+    assert client.post("/decode", content=bad.read_bytes(), headers=AUTH).status_code == 413
+    assert dgae_main(["decode", str(bad), "-o", str(tmp_path / "bad.png"), "-c", str(tiny_checkpoint)]) == 2
+    assert not (tmp_path / "bad.png").exists()
+
+
+def _st_metadata(data: bytes) -> dict:
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + header_len])["__metadata__"]

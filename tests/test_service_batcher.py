@@ -1,5 +1,6 @@
-"""DynamicBatcher unit tests with fake batch functions (no model): grouping, seeds, backpressure,
-deadlines, failure isolation, OOM split-retry and draining."""
+"""DynamicBatcher unit tests with fake batch functions (no model): grouping, max-wait, seeds,
+backpressure, deadlines, dropped callers, failure isolation, OOM (CUDA and CPU) split-retry, draining
+and forced close."""
 from __future__ import annotations
 
 import asyncio
@@ -9,21 +10,34 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from dgae.errors import BackendError
+from dgae.errors import BackendError, InputError
 from service.batcher import DynamicBatcher, is_out_of_memory
-from service.errors import DeadlineExceeded, QueueFull, ShuttingDown
+from service.disconnect import CLIENT_DISCONNECTED
+from service.errors import DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
 from service.metrics import ServiceMetrics
 
 LONG_S = 30.0  # a deadline no test reaches
+SHORT_S = 0.05  # a deadline or drain timeout that does pass
+ANSWER_WAIT_S = 5.0  # how long a test waits for a caller that must already have been answered
+RETRY_AFTER = {"Retry-After": "3"}
+CPU_ALLOCATOR_MESSAGE = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+CPU_OOM_ERRORS = {
+    "MemoryError": lambda: MemoryError(),
+    "DefaultCPUAllocator": lambda: RuntimeError(CPU_ALLOCATOR_MESSAGE),
+    "not enough memory": lambda: RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"),
+    "CUDA": lambda: torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+}
 
 
 class Recorder:
     """Batch function: output = input * 10 + seed (per row), recording every call."""
 
-    def __init__(self, gate: threading.Event | None = None, fail_key=None, oom_above: int | None = None):
+    def __init__(self, gate: threading.Event | None = None, fail_key=None, oom_above: int | None = None,
+                 oom_error=CPU_OOM_ERRORS["CUDA"]):
         self.calls: list[tuple] = []
         self.started = threading.Event()
-        self.gate, self.fail_key, self.oom_above = gate, fail_key, oom_above
+        self.gate, self.fail_key, self.oom_above, self.oom_error = gate, fail_key, oom_above, oom_error
 
     def __call__(self, key, inputs, seeds):
         self.started.set()
@@ -32,7 +46,7 @@ class Recorder:
         if key == self.fail_key:
             raise RuntimeError("kaboom")
         if self.oom_above is not None and len(inputs) > self.oom_above:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise self.oom_error()
         self.calls.append((key, len(inputs), list(seeds)))
         return inputs * 10 + torch.tensor(seeds, dtype=inputs.dtype).view(-1, *[1] * (inputs.dim() - 1))
 
@@ -148,8 +162,9 @@ def test_backend_failure_fails_only_that_batch():
     assert good.item() == 22.0
 
 
-def test_out_of_memory_splits_the_batch_and_retries():
-    rec = Recorder(oom_above=1)
+@pytest.mark.parametrize("make_error", CPU_OOM_ERRORS.values(), ids=CPU_OOM_ERRORS.keys())
+def test_out_of_memory_splits_the_batch_and_retries(make_error):
+    rec = Recorder(oom_above=1, oom_error=make_error)
 
     async def go(b):
         return await asyncio.gather(*[b.submit("K", rows([i]), [i], LONG_S) for i in range(4)])
@@ -160,18 +175,98 @@ def test_out_of_memory_splits_the_batch_and_retries():
     assert 'dgae_oom_splits_total{operation="decode"} 3.0' in metrics.render().decode()
 
 
-def test_out_of_memory_on_a_single_item_is_a_backend_error():
-    rec = Recorder(oom_above=0)
-    with pytest.raises(BackendError, match="out of memory"):
+@pytest.mark.parametrize("make_error", CPU_OOM_ERRORS.values(), ids=CPU_OOM_ERRORS.keys())
+def test_out_of_memory_on_a_single_item_is_503_saying_so(make_error):
+    rec = Recorder(oom_above=0, oom_error=make_error)
+    with pytest.raises(OutOfMemory, match="ran out of memory") as err:
         run(lambda b: b.submit("K", rows([1]), [1], LONG_S), rec)
+    assert err.value.status == 503 and err.value.headers == RETRY_AFTER
 
 
 def test_is_out_of_memory():
-    assert is_out_of_memory(torch.OutOfMemoryError("x"))
-    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
-    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    class OrtRuntimeException(Exception):  # onnxruntime's RuntimeException is not a RuntimeError
+        pass
+
+    for exc in (torch.OutOfMemoryError("x"), RuntimeError("CUDA error: out of memory"), MemoryError(),
+                RuntimeError(CPU_ALLOCATOR_MESSAGE), RuntimeError("DefaultCPUAllocator: not enough memory"),
+                OrtRuntimeException("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"),
+                OSError(12, "Cannot allocate memory")):
+        assert is_out_of_memory(exc), exc
+    for exc in (RuntimeError("shape mismatch"), InputError("latents: out of memory is not an input problem"),
+                ValueError("bad value")):
+        assert not is_out_of_memory(exc), exc
 
 
+# --- max wait -----------------------------------------------------------------------------------
+def test_a_partial_batch_runs_once_the_oldest_request_has_waited_max_wait():
+    rec = Recorder()
+
+    async def go(b):
+        return await asyncio.gather(b.submit("K", rows([1]), [0], LONG_S), b.submit("K", rows([2]), [0], LONG_S))
+
+    outs, _ = run(go, rec, max_batch_size=4, max_wait_s=SHORT_S)
+    assert rec.calls == [("K", 2, [0, 0])] and [o.item() for o in outs] == [10.0, 20.0]
+
+
+def test_a_full_batch_does_not_wait_for_max_wait():
+    rec = Recorder()
+
+    async def go(b):
+        jobs = asyncio.gather(*[b.submit("K", rows([i]), [0], LONG_S) for i in range(4)])
+        return await asyncio.wait_for(jobs, ANSWER_WAIT_S)  # max_wait is LONG_S: only a full batch gets here
+
+    outs, _ = run(go, rec, max_batch_size=4, max_wait_s=LONG_S)
+    assert rec.calls == [("K", 4, [0, 0, 0, 0])] and len(outs) == 4
+
+
+# --- callers that go away -----------------------------------------------------------------------
+async def _blocked(b, rec):
+    """A request computing (held by rec.gate) so that the next ones queue."""
+    running = asyncio.ensure_future(b.submit("busy", rows([0]), [0], LONG_S))
+    await asyncio.get_running_loop().run_in_executor(None, rec.started.wait, LONG_S)
+    return running
+
+
+def test_queue_full_does_not_count_requests_whose_caller_is_gone():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def go(b):
+        running = await _blocked(b, rec)
+        with pytest.raises(DeadlineExceeded):
+            await b.submit("expired", rows([1]), [1], SHORT_S)  # stays in the deque, its caller gone
+        accepted = asyncio.ensure_future(b.submit("K", rows([2]), [2], LONG_S))  # queue_size 1: room for it
+        await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(running, accepted)
+
+    (running, accepted), metrics = run(go, rec, queue_size=1)
+    assert accepted.item() == 22.0
+    assert [k for k, _, _ in rec.calls] == ["busy", "K"]  # the expired request was never computed
+    assert 'dgae_dropped_total{operation="decode",reason="deadline_exceeded"} 1.0' in metrics.render().decode()
+
+
+def test_a_cancelled_caller_is_dropped_before_compute_with_its_reason():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def go(b):
+        running = await _blocked(b, rec)
+        gone = asyncio.ensure_future(b.submit("gone", rows([1]), [1], LONG_S))
+        await asyncio.sleep(0)
+        gone.cancel(CLIENT_DISCONNECTED)
+        await asyncio.wait([gone])
+        gate.set()
+        after = await b.submit("after", rows([2]), [2], LONG_S)  # FIFO: the loop has passed "gone" by now
+        return gone, await running, after
+
+    (gone, _, after), metrics = run(go, rec)
+    assert gone.cancelled() and after.item() == 22.0
+    assert [k for k, _, _ in rec.calls] == ["busy", "after"]
+    assert 'dgae_dropped_total{operation="decode",reason="client_disconnected"} 1.0' in metrics.render().decode()
+
+
+# --- draining and forced close ------------------------------------------------------------------
 def test_close_drains_queued_requests_then_refuses_new_ones():
     rec = Recorder()
 
@@ -186,3 +281,53 @@ def test_close_drains_queued_requests_then_refuses_new_ones():
 
     done, _ = run(go, rec)
     assert [d.item() for d in done] == [i * 11.0 for i in range(6)]
+
+
+def test_drain_timeout_fails_queued_requests_with_retry_after():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def go(b):
+        await _blocked(b, rec)
+        queued = asyncio.ensure_future(b.submit("queued", rows([1]), [1], LONG_S))
+        await asyncio.sleep(0)
+        await b.close(SHORT_S)
+        (done,), _ = await asyncio.wait([queued], timeout=ANSWER_WAIT_S)
+        return done.exception()
+
+    err, _ = run(go, rec)
+    assert isinstance(err, ShuttingDown) and err.status == 503 and err.headers == RETRY_AFTER
+    assert "queued" not in [k for k, _, _ in rec.calls]
+
+
+def test_forced_close_answers_the_callers_of_the_running_batch():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def go(b):
+        running = await _blocked(b, rec)
+        await b.close(SHORT_S)  # the batch is still computing (the gate is closed)
+        done, _ = await asyncio.wait([running], timeout=ANSWER_WAIT_S)
+        return running in done and running.exception()
+
+    err, _ = run(go, rec)
+    assert isinstance(err, ShuttingDown) and err.headers == RETRY_AFTER
+
+
+def test_close_reraises_when_the_closing_task_is_cancelled_and_still_answers_callers():
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+
+    async def go(b):
+        running = await _blocked(b, rec)
+        queued = asyncio.ensure_future(b.submit("queued", rows([1]), [1], LONG_S))
+        closer = asyncio.ensure_future(b.close(LONG_S))
+        await asyncio.sleep(0)  # the closer is now waiting for the drain
+        closer.cancel()
+        await asyncio.wait([closer], timeout=ANSWER_WAIT_S)
+        answered, _ = await asyncio.wait([running, queued], timeout=ANSWER_WAIT_S)
+        return closer, [t.exception() for t in (running, queued) if t in answered]
+
+    (closer, errors), _ = run(go, rec)
+    assert closer.cancelled()
+    assert len(errors) == 2 and all(isinstance(e, ShuttingDown) for e in errors)

@@ -1,13 +1,18 @@
 """Tests against real `dgae serve` processes (uvicorn on loopback, tiny checkpoint): round trip,
 batching under 32 concurrent clients with batch invariance, malformed requests, queue-full 503,
-a schemathesis run over /openapi.json, and SIGTERM draining."""
+a schemathesis run over /openapi.json, a disconnected client's queued decode dropped, 16 x 4096^2
+PNGs refused 413 without the server's memory growing, and SIGTERM draining."""
 from __future__ import annotations
 
 import asyncio
 import io
 import re
 import signal
+import socket
+import struct
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service_cases import AUTH, Limits, latents, malformed_requests, png, send, serve, st_bytes
+from service_cases import AUTH, F, Limits, flat_png, latents, malformed_requests, png, send, serve, st_bytes
 
 pytestmark = pytest.mark.server
 
@@ -26,6 +31,10 @@ SLOW_STEPS = 64  # keeps the single-slot slow server busy
 HTTP_TIMEOUT_S = 120
 SCHEMATHESIS_EXAMPLES = 15
 POLL_S = 0.05
+BLOCKER_SIDE = 16  # latent side of the decode that keeps slow_server busy (seconds at SLOW_STEPS)
+HUGE_SIDE, HUGE_COUNT = 4096, 16  # the default max_pixels side and max_items
+MAX_RSS_GROWTH_KB = 200 * 1024
+RESET_PEAK_RSS = "5"  # /proc/<pid>/clear_refs: reset VmHWM to the current RSS
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +158,95 @@ def test_queue_full_is_503_with_retry_after_while_probes_stay_up(slow_server):
     assert len(refused) < n
 
 
+def metric(url: str, pattern: str) -> float:
+    m = re.search(rf"^{pattern} (\S+)$", httpx.get(url + "/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+STARTED_DECODE_BATCHES = r'dgae_queue_duration_seconds_count\{operation="decode"\}'  # observed as a batch starts
+
+
+def start_blocking_decode(pool: ThreadPoolExecutor, url: str):
+    """Post a decode that computes for seconds on slow_server; return once it is computing (out of the queue)."""
+    started = metric(url, STARTED_DECODE_BATCHES)
+    blocker = pool.submit(httpx.post, f"{url}/decode?steps={SLOW_STEPS}&seed=1",
+                          content=st_bytes(latents(1, BLOCKER_SIDE, BLOCKER_SIDE)), timeout=HTTP_TIMEOUT_S)
+    wait_until(lambda: metric(url, STARTED_DECODE_BATCHES) > started, blocker, "the blocking decode never started")
+    return blocker
+
+
+def wait_until(condition, blocker, what: str) -> None:
+    """Poll ``condition`` (bounded) while the blocking request is still running."""
+    deadline = time.monotonic() + HTTP_TIMEOUT_S
+    while not condition():
+        assert not blocker.done(), f"{what}: the blocking request finished first ({blocker.result().text[:200]})"
+        assert time.monotonic() < deadline, what
+        time.sleep(POLL_S)
+
+
+def test_a_disconnected_clients_queued_decode_is_dropped_not_computed(slow_server):
+    url = slow_server.url
+    batches = r'dgae_batch_size_count\{operation="decode"\}'
+    dropped = r'dgae_dropped_total\{operation="decode",reason="client_disconnected"\}'
+    before = metric(url, batches)
+    body = st_bytes(latents(1, 4, 4))
+    with ThreadPoolExecutor(1) as pool:
+        blocker = start_blocking_decode(pool, url)
+        parts = urlsplit(url)
+        client = socket.create_connection((parts.hostname, parts.port), timeout=HTTP_TIMEOUT_S)
+        client.sendall(f"POST /decode?steps={SLOW_STEPS}&seed=2 HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                       f"Content-Type: application/x-safetensors\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                       + body)
+        wait_until(lambda: pending_decodes(url) >= 2, blocker, "the second decode was never queued")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset: the client is gone
+        client.close()
+        wait_until(lambda: metric(url, dropped) >= 1, blocker, "the disconnected decode was not dropped")
+        assert blocker.result().status_code == 200
+    assert pending_decodes(url) == 0
+    assert metric(url, batches) == before + 1  # the blocker only: the dropped decode never ran
+    assert metric(url, dropped) == 1
+    assert metric(url, r'dgae_requests_total\{route="/decode",status="499"\}') == 1
+    assert "dropped a queued request" in slow_server.log_text()
+
+
+def _status_kb(pid: int, field: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB$", text, re.M).group(1))
+
+
+def test_sixteen_4096_pngs_are_refused_413_before_decoding_without_memory_growth(slow_server):
+    """slow_server has the default limits: each image is within max_pixels, all 16 exceed max_request_pixels."""
+    files = [("image", (f"{i}.png", flat_png(HUGE_SIDE, (i * 15, 255 - i * 15, 128)), "image/png"))
+             for i in range(HUGE_COUNT)]
+    pid = slow_server.proc.pid
+    proc_status = Path(f"/proc/{pid}/clear_refs")
+    measure = proc_status.exists()
+    if measure:
+        proc_status.write_text(RESET_PEAK_RSS)
+        rss_before = _status_kb(pid, "VmRSS")
+    r = httpx.post(slow_server.url + "/encode", files=files, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "too_large" and "pixels per request" in r.json()["error"]["message"]
+    if measure:
+        growth_kb = _status_kb(pid, "VmHWM") - rss_before
+        print(f"peak RSS growth for {HUGE_COUNT} x {HUGE_SIDE}^2 PNGs: {growth_kb / 1024:.1f} MB")
+        assert growth_kb <= MAX_RSS_GROWTH_KB
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(slow_server):
     """Runs last on slow_server: it stops the process."""
     body = st_bytes(latents(1, 4, 4))
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(httpx.post, f"{slow_server.url}/decode?steps={SLOW_STEPS}&seed={i}", content=body,
-                               timeout=HTTP_TIMEOUT_S) for i in range(2)]
-        while pending_decodes(slow_server.url) < len(futures):  # one computing, one queued
-            assert not any(f.done() for f in futures), [f.result().text for f in futures if f.done()]
-            time.sleep(POLL_S)
+        # one at a time: two arriving together can both find the queue's one slot (queue_size 1) taken
+        blocker = start_blocking_decode(pool, slow_server.url)
+        queued = pool.submit(httpx.post, f"{slow_server.url}/decode?steps={SLOW_STEPS}&seed=2", content=body,
+                             timeout=HTTP_TIMEOUT_S)
+        wait_until(lambda: pending_decodes(slow_server.url) >= 2, blocker, "the second decode was never queued")
         slow_server.proc.send_signal(signal.SIGTERM)
-        responses = [f.result() for f in futures]
-    assert [r.status_code for r in responses] == [200, 200]
-    assert all(Image.open(io.BytesIO(r.content)).size == (32, 32) for r in responses)
+        responses = [f.result() for f in (blocker, queued)]
+    assert [r.status_code for r in responses] == [200, 200], [r.text for r in responses]
+    sizes = [Image.open(io.BytesIO(r.content)).size for r in responses]
+    assert sizes == [(BLOCKER_SIDE * F, BLOCKER_SIDE * F), (4 * F, 4 * F)]
     assert slow_server.proc.wait(timeout=HTTP_TIMEOUT_S) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(slow_server.url + "/healthz", timeout=HTTP_TIMEOUT_S)

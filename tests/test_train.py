@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dgae.train.config import TrainConfig, get_recipe
-from dgae.train.objective import kl_per_element, lr_at, sample_t
+from training.config import TrainConfig, get_recipe
+from training.objective import kl_per_element, lr_at, sample_t
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():
@@ -49,7 +49,7 @@ def photo_dir(tmp_path_factory):
 
 def test_train_resume_continues_schedule_and_step(photo_dir, tmp_path):
     from dgae.checkpoint import load_checkpoint
-    from dgae.train.trainer import Trainer
+    from training.trainer import Trainer
 
     cfg = get_recipe("tiny")  # max_steps 20
     out = tmp_path / "run"

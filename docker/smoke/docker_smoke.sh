@@ -412,7 +412,8 @@ start_local_serve() {
     port=$(free_port)
     LOCAL_URL=http://127.0.0.1:$port
     log "local dgae serve on $LOCAL_URL (log: $WORK/local-serve.log)"
-    "$PY" -m dgae serve --host 127.0.0.1 --port "$port" >"$WORK/local-serve.log" 2>&1 &
+    # The venv's `dgae` command (the public entry point, whatever module implements it).
+    "$(dirname "$PY")/dgae" serve --host 127.0.0.1 --port "$port" >"$WORK/local-serve.log" 2>&1 &
     LOCAL_SERVE_PID=$!
     "$PY" "${CLIENT[@]}" wait-ready --timeout "$LOCAL_SERVE_TIMEOUT_S" "$LOCAL_URL"
 }
@@ -507,7 +508,7 @@ stack_down() {
 
 main() {
     mkdir -p "$WORK"
-    [[ -x $PY ]] || die "$PY not found: run make install first (DGAE_SMOKE_PYTHON)"
+    [[ -x $PY && -x $(dirname "$PY")/dgae ]] || die "$PY or its dgae command not found: run make install first (DGAE_SMOKE_PYTHON)"
     local t
     t=$(now); ensure_docker; record step1_docker_s "$(elapsed "$t")"
     t=$(now); ensure_bases; record step2_bases_s "$(elapsed "$t")"

@@ -1,0 +1,124 @@
+"""The backend interface between callers (CLI, service, benchmarks) and a runtime, and the one
+orchestration every runtime shares.
+
+HTTP code never touches model internals: it calls ``encode(images, mode, seeds)`` and
+``decode(latents, steps, seeds)`` on a :class:`Backend`. Those are implemented here, once: input
+checks, seeds, splitting above the runtime's batch limit, and the shared sequence of
+:mod:`dgae.pipeline` (latent scaling, sample plan, padding, noise buffer, Euler/Heun loop, crop).
+A runtime supplies only its primitives:
+
+- :meth:`Backend.encoder_moments` ``(images) -> (mean, logvar)`` on the runtime's device;
+- :meth:`Backend.denoise` ``(buf, t) -> v`` for the U-Net buffer ``[B, 3 + c, H, W]``;
+- optionally :meth:`Backend.fast_sample` ``(buf, plan) -> image | None``: a whole-decode fast
+  path (an unrolled graph, a CUDA graph) that integrates exactly the given plan.
+
+So a seed means the same image on every backend, and adding a runtime is one small file.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from dgae import pipeline
+from dgae.config import DGAEConfig
+from dgae.sampler import SamplePlan, resolve_seeds, run_sampler
+from dgae.tiling import check_tile_mode
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    device: str
+    precision: str
+    providers: tuple[str, ...] = ()
+    max_batch_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backend(abc.ABC):
+    """images: float [N, 3, H, W] in [-1, 1] (CPU tensors); latents: float [N, c, H/f, W/f].
+
+    A runtime sets ``config``, ``checkpoint_sha256``, ``device`` (where its tensors live),
+    ``dtype`` (its networks' input dtype), ``state_dtype`` (the sampler state's) and
+    ``max_batch_size`` (0: no limit; larger inputs are split, invisibly thanks to per-item seeds).
+    """
+
+    config: DGAEConfig
+    checkpoint_sha256: str = ""
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    state_dtype: torch.dtype = torch.float32
+    max_batch_size: int = 0
+
+    # --- what a runtime supplies -----------------------------------------------------------
+    @abc.abstractmethod
+    def encoder_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] (on ``device``, in ``dtype``) -> raw mean, logvar [B, c, H/f, W/f]."""
+
+    @abc.abstractmethod
+    def denoise(self, buf: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """buf [B, 3 + c, H, W] (x_t, upsampled raw latent; ``state_dtype``), t [B] fp32 -> v [B, 3, H, W]."""
+
+    def fast_sample(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor | None:
+        """The whole decode in one call when this runtime has a path for ``plan``, else None."""
+        return None
+
+    @abc.abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources (sessions, engines, streams)."""
+
+    # --- the shared orchestration ----------------------------------------------------------
+    def chunks(self, n: int) -> list[slice]:
+        step = self.max_batch_size or n
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    @property
+    def tile_batch(self) -> int:
+        """Tiles per network call in a tiled decode/encode."""
+        return self.max_batch_size or pipeline.DEFAULT_TILE_BATCH
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, mode: str = "mean",
+               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
+        """Images larger than the config's encode tile are encoded tiled (``tile="off"``: never)."""
+        pipeline.check_images(self.config, images)  # before the device copy: a clear error, not a CUDA one
+        pipeline.check_mode(mode)
+        check_tile_mode(tile)
+        seeds = resolve_seeds(seeds, len(images)) if mode == "sample" else None
+
+        def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
+            return mean.float(), logvar.float()
+
+        return _cat([pipeline.encode(self.config, moments, images[sl], mode, seeds and seeds[sl], tile,
+                                     self.tile_batch).cpu()
+                     for sl in self.chunks(len(images))])
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, steps: int | None = None,
+               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
+        """Images larger than the config's decode tile are decoded tiled (``tile="off"``: never)."""
+        pipeline.check_latents(self.config, latents)
+        check_tile_mode(tile)
+        seeds = resolve_seeds(seeds, len(latents))
+        return _cat([pipeline.decode(self.config, self.denoise, latents[sl].to(self.device, torch.float32),
+                                     steps, seeds[sl], sample=self._sample, state_dtype=self.state_dtype,
+                                     tile=tile, tile_batch=self.tile_batch).float().cpu()
+                     for sl in self.chunks(len(latents))])
+
+    def _sample(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
+        out = self.fast_sample(buf, plan)
+        return out if out is not None else run_sampler(self.denoise, buf, plan)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat without the copy when there is one part (the common case: no split)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,0 +1,42 @@
+"""`dgae decode LATENTS.safetensors -o OUT_DIR_OR_PNG [--steps N] [--seed S]`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dgae.errors import InputError
+from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size
+from dgae.latents_io import fit_infos, image_names, load_latents
+from cli.commands.codec import decode_batches, output_paths, seeds_for
+from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
+
+DEFAULT_BATCH = 8
+
+
+def add_arguments(p) -> None:
+    p.add_argument("latents", help="latents .safetensors (or .npy)")
+    p.add_argument("-o", "--output", required=True, help="directory, or one .png when there is one latent")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="item i uses seed+i")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    add_tile_arg(p)
+    add_checkpoint_arg(p)
+
+
+def read_latents(path: str):
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    return load_latents(data, path)
+
+
+def run(args) -> int:
+    latents, meta = read_latents(args.latents)
+    infos = fit_infos(meta, len(latents), DEFAULT_MAX_PIXELS)  # validated as the service does
+    backend = load_backend(args)
+    seeds = seeds_for(args.seed, len(latents))
+    rgbs = decode_batches(backend, latents, args.steps, seeds, args.batch_size, tile=tile_mode(args))
+    for path, rgb, info in zip(output_paths(args.output, len(rgbs), image_names(meta)), rgbs, infos):
+        path.write_bytes(encode_image(restore_size(rgb, info), path.suffix.lstrip(".") or "png"))
+        print(f"wrote {path}")
+    return 0

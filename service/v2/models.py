@@ -1,0 +1,237 @@
+"""The two Open Inference Protocol models of one loaded DGAE checkpoint.
+
+``dgae-encoder``: input ``images`` UINT8 [N, H, W, 3] (RGB pixels) or FP32 [N, 3, H, W] in
+[-1, 1]; parameters ``mode`` (mean | sample), ``seed`` (sample: int s, image i uses s+i, or
+"s0,s1,..."), ``dtype`` (FP32 | FP16 latents); output ``latents`` [N, c, H/f, W/f].
+
+``dgae-decoder``: input ``latents`` FP32/FP16 [N, c, h, w], optional input ``seeds`` INT64 [N];
+parameters ``steps``, ``seed`` (as for the encoder; random when neither is given); output
+``images`` UINT8 [N, h*f, w*f, 3].
+
+Both run through ServiceState.encode/decode, so batching, seeds, limits and metrics are those of
+/encode and /decode: a decode with seed s returns what ``/decode?seed=s`` returns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import numpy as np
+import torch
+from fastapi.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from dgae.config import DGAEConfig
+from dgae.errors import InputError, TooLargeError
+from dgae.imageio import to_tensor, to_uint8
+from dgae.pipeline import ENCODE_MODES, check_images
+from dgae.sampler import resolve_seeds
+from dgae.tiling import TILE_MODES
+
+from .. import codecs
+from ..errors import ParameterError
+from ..routes import parse_seeds
+from ..state import DECODE, ENCODE, ModelSpec, ServiceState
+from .tensors import BINARY_DATA_OUTPUT, InferRequest, InferResponse, RequestedOutput, check_json_output
+
+ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
+VERSION = "1"
+DYNAMIC = -1
+RGB = 3
+LATENT_DATATYPES = {"FP32": np.float32, "FP16": np.float16}
+PIXEL_RANGE = (-1.0, 1.0)
+MAX_NAME_CHARS = 100  # of an unknown model name or version echoed in an error
+MEAN_MODE_SEED = 0  # mean mode draws no noise; the batcher still carries one seed per item
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: accepted datatypes, each with its shape (-1 = any size)."""
+
+    name: str
+    shapes: dict[str, tuple[int, ...]]
+    optional: bool = False
+
+    def metadata(self) -> dict:
+        datatype, shape = next(iter(self.shapes.items()))  # the first layout is the documented one
+        return {"name": self.name, "datatype": datatype, "shape": list(shape)}
+
+    def check(self, datatype: str, shape: tuple[int, ...]) -> None:
+        if datatype not in self.shapes:
+            raise InputError(f"input {self.name!r} has datatype {datatype}; expected {' or '.join(self.shapes)}")
+        want = self.shapes[datatype]
+        if len(shape) != len(want) or any(w != DYNAMIC and w != d for w, d in zip(want, shape)):
+            raise InputError(f"input {self.name!r} ({datatype}) has shape {list(shape)}; expected {list(want)} "
+                             "(-1 = any size)")
+        if 0 in shape:
+            raise InputError(f"input {self.name!r} has an empty dimension {list(shape)}")
+
+
+# run(service, http request (for admission), parsed request, {output: binary}) -> (arrays, parameters)
+Infer = Callable[[ServiceState, Request, InferRequest, dict[str, bool]],
+                 Awaitable[tuple[dict[str, np.ndarray], dict]]]
+
+
+@dataclass(frozen=True)
+class V2Model:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: tuple[str, ...]
+    run: Infer
+
+    def metadata(self, platform: str) -> dict:
+        return {"name": self.name, "versions": [VERSION], "platform": platform,
+                "inputs": [t.metadata() for t in self.inputs], "outputs": [t.metadata() for t in self.outputs]}
+
+    def validate(self, req: InferRequest) -> dict[str, bool]:
+        """Check inputs, parameters and requested outputs; returns {output name: as binary}."""
+        known = {t.name: t for t in self.inputs}
+        for name in req.inputs:
+            if name not in known:
+                raise InputError(f"{self.name} has no input {name!r} (inputs: {', '.join(known)})")
+        for spec in self.inputs:
+            tensor = req.inputs.get(spec.name)
+            if tensor is None:
+                if not spec.optional:
+                    raise InputError(f"{self.name} needs input {spec.name!r}")
+                continue
+            spec.check(tensor.datatype, tensor.shape)
+        unknown = sorted(set(req.parameters) - set(self.parameters))
+        if unknown:
+            raise InputError(f"{self.name} does not take parameter(s) {', '.join(unknown)} (parameters: "
+                             f"{', '.join((*self.parameters, BINARY_DATA_OUTPUT))})")
+        names = [t.name for t in self.outputs]
+        wanted = req.outputs or [RequestedOutput(n, req.binary_output) for n in names]
+        for out in wanted:
+            if out.name not in names:
+                raise InputError(f"{self.name} has no output {out.name!r} (outputs: {', '.join(names)})")
+        return {o.name: o.binary for o in wanted}
+
+    async def infer(self, svc: ServiceState, request: Request, req: InferRequest) -> InferResponse:
+        binary = self.validate(req)
+        arrays, parameters = await self.run(svc, request, req, binary)
+        return InferResponse(self.name, VERSION, [(name, arrays[name], b) for name, b in binary.items()],
+                             parameters, req.id)
+
+
+class UnknownModel(InputError):
+    code = "unknown_model"
+
+
+def lookup(models: dict[str, V2Model], name: str, version: str | None) -> V2Model:
+    """The model called ``name`` (400 otherwise); ``version``, when given, must be its only version."""
+    model = models.get(name)
+    if model is None:
+        raise UnknownModel(f"unknown model {name[:MAX_NAME_CHARS]!r}; this server has {', '.join(models)}")
+    if version is not None and version != VERSION:
+        raise UnknownModel(f"model {name!r} has no version {version[:MAX_NAME_CHARS]!r} (versions: {VERSION})")
+    return model
+
+
+# --- parameters ------------------------------------------------------------------------------------
+def _choice(params: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = params.get(name, default)
+    if value not in choices:
+        raise ParameterError(f"parameter {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _seed_text(params: dict) -> str | None:
+    """The ``seed`` parameter as /encode and /decode take it: "s" or "s0,s1,..."."""
+    value = params.get("seed")
+    if value is None:
+        return None
+    if type(value) is int or isinstance(value, str):
+        return str(value)
+    raise ParameterError(f"parameter 'seed' must be an integer or a comma-separated string, got {value!r}")
+
+
+def _seeds_param(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+# --- encoder ----------------------------------------------------------------------------------------
+def _image_tensor(req: InferRequest, config: DGAEConfig, max_items: int, max_pixels: int) -> torch.Tensor:
+    """UINT8 [N, H, W, 3] or FP32 [N, 3, H, W] in [-1, 1] -> float [N, 3, H, W] in [-1, 1]."""
+    tensor = req.inputs["images"]
+    arr = tensor.array
+    n, (h, w) = len(arr), (arr.shape[1:3] if tensor.datatype == "UINT8" else arr.shape[2:4])
+    if n > max_items:
+        raise TooLargeError(f"{n} images exceed the limit of {max_items} per request")
+    if h * w > max_pixels:
+        raise TooLargeError(f"images of {w}x{h} = {h * w} pixels exceed the limit of {max_pixels}")
+    if tensor.datatype == "UINT8":
+        images = to_tensor(arr)
+    else:
+        lo, hi = PIXEL_RANGE
+        if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
+            raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
+        images = torch.from_numpy(np.array(arr, dtype=np.float32))
+    check_images(config, images)  # the model's own checks: [N, 3, H, W], sides multiples of f
+    return images
+
+
+def _encoder(spec: ModelSpec) -> V2Model:
+    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
+        s = svc.settings
+        mode = _choice(req.parameters, "mode", ENCODE_MODES, ENCODE_MODES[0])
+        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
+        dtype = LATENT_DATATYPES[_choice(req.parameters, "dtype", tuple(LATENT_DATATYPES), "FP32")]
+        images = await run_in_threadpool(_image_tensor, req, svc.backend.config, s.max_items, s.max_pixels)
+        n, _, h, w = images.shape
+        svc.admission.admit(request, ENCODE, n * h * w)  # the same cost admission as /encode
+        check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
+        seeds = parse_seeds(_seed_text(req.parameters), n) if mode == "sample" else [MEAN_MODE_SEED] * n
+        latents = await svc.encode(images, mode, seeds, tile)
+        params = {"mode": mode, **({"seeds": _seeds_param(seeds)} if mode == "sample" else {})}
+        return {"latents": latents.to(torch.float32).numpy().astype(dtype)}, params
+
+    latent = (DYNAMIC, spec.c, DYNAMIC, DYNAMIC)
+    return V2Model(ENCODER,
+                   inputs=(TensorSpec("images", {"UINT8": (DYNAMIC, DYNAMIC, DYNAMIC, RGB),
+                                                 "FP32": (DYNAMIC, RGB, DYNAMIC, DYNAMIC)}),),
+                   outputs=(TensorSpec("latents", {name: latent for name in LATENT_DATATYPES}),),
+                   parameters=("mode", "seed", "dtype", "tile"), run=run)
+
+
+# --- decoder ----------------------------------------------------------------------------------------
+def _decode_seeds(req: InferRequest, n: int) -> list[int]:
+    """Per-item seeds from the INT64 ``seeds`` input, or the ``seed`` parameter (random when neither)."""
+    tensor, text = req.inputs.get("seeds"), _seed_text(req.parameters)
+    if tensor is None:
+        return parse_seeds(text, n)
+    if text is not None:
+        raise InputError("give either the 'seeds' input or the 'seed' parameter, not both")
+    if tensor.shape != (n,):
+        raise InputError(f"input 'seeds' has shape {list(tensor.shape)}; expected [{n}], one per latent")
+    return resolve_seeds([int(s) for s in tensor.array], n)
+
+
+def _decoder(spec: ModelSpec) -> V2Model:
+    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
+        s = svc.settings
+        steps = req.parameters.get("steps", spec.default_steps)
+        if type(steps) is not int or not 1 <= steps <= spec.max_steps:
+            raise ParameterError(f"parameter 'steps' must be an integer in 1..{spec.max_steps}, got {steps!r}")
+        latents = torch.from_numpy(np.array(req.inputs["latents"].array, dtype=np.float32))
+        codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
+        n, _, h, w = latents.shape
+        svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
+        check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
+        seeds = _decode_seeds(req, n)
+        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
+        images = await svc.decode(latents, steps, seeds, tile)
+        rgbs = await run_in_threadpool(to_uint8, images)
+        return {"images": rgbs}, {"steps": steps, "seeds": _seeds_param(seeds)}
+
+    latent = (DYNAMIC, spec.c, DYNAMIC, DYNAMIC)
+    return V2Model(DECODER,
+                   inputs=(TensorSpec("latents", {name: latent for name in LATENT_DATATYPES}),
+                           TensorSpec("seeds", {"INT64": (DYNAMIC,)}, optional=True)),
+                   outputs=(TensorSpec("images", {"UINT8": (DYNAMIC, DYNAMIC, DYNAMIC, RGB)}),),
+                   parameters=("steps", "seed", "tile"), run=run)
+
+
+def build_models(spec: ModelSpec) -> dict[str, V2Model]:
+    return {m.name: m for m in (_encoder(spec), _decoder(spec))}

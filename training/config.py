@@ -1,0 +1,103 @@
+"""Training configuration (frozen dataclass) and named recipes.
+
+``paper`` is the DGAE paper's recipe (arXiv 2506.09644): batch 96, AdamW(0.9, 0.95, eps 1e-8),
+lr 1e-4 with 10K linear warm-up and cosine decay to 1e-5, weight decay 0.1, grad clip 1.0, bf16
+on GPU, 256 px crops. The paper leaves the loss weights, the timestep distribution and the step
+count open: they are fields here with the defaults documented below.
+
+``cpu-default`` is how the bundled ``small-f8c4`` model was trained on a 2-core CPU in a few
+hours: small crops, small batches, a shorter warm-up and a larger lr for the short run.
+
+``gpu-default`` continues that model on one GPU for minutes (``--init`` the bundled weights): the
+same preset, loss weights and t sampling as that run (eta 0.05, half the samples at t = 1)
+with 128 px crops, batch 128, many loader workers and bf16; set
+``--max-steps`` from a throughput probe (``scripts/gpu_train_default.sh`` does).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from dgae.errors import ConfigError
+
+T_SAMPLING = ("uniform", "logit_normal")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "f16c16-B"
+    crop_size: int = 256
+    max_side: int = 1024  # photos are pre-resized so the short side is at most this
+    batch_size: int = 96  # global batch (divided across ranks)
+    workers: int = 4
+    max_steps: int = 400_000
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    lr: float = 1e-4
+    lr_min: float = 1e-5  # cosine floor
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    # loss = alpha * velocity MSE + beta * KL (mean per latent element) + eta * LPIPS(x0', x0)
+    alpha: float = 1.0
+    beta: float = 1e-4
+    eta: float = 0.5
+    lpips_net: str = "vgg"  # the paper's choice; "alex" is ~4x cheaper on CPU
+    t_sampling: str = "logit_normal"  # SD3-style logit-normal; "uniform" = U(0, 1)
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    t_one_prob: float = 0.0  # fraction of samples at t = 1 exactly (the first decode step)
+    bf16: bool = True  # autocast on CUDA only; CPU trains in fp32
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    sample_every: int = 500
+
+    def validate(self) -> "TrainConfig":
+        if self.t_sampling not in T_SAMPLING:
+            raise ConfigError(f"t_sampling must be one of {T_SAMPLING}")
+        if self.lpips_net not in ("alex", "vgg"):
+            raise ConfigError("lpips_net must be 'alex' or 'vgg'")
+        if min(self.batch_size, self.crop_size, self.max_steps) <= 0:
+            raise ConfigError("batch_size, crop_size and max_steps must be positive")
+        if not 0 <= self.t_one_prob <= 1 or not 0 <= self.ema_decay < 1:
+            raise ConfigError("t_one_prob must lie in [0, 1] and ema_decay in [0, 1)")
+        if self.lr_min > self.lr:
+            raise ConfigError("lr_min must be <= lr")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        d = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names}).validate()
+
+
+RECIPES = {
+    "paper": TrainConfig(),
+    "cpu-default": TrainConfig(
+        preset="small-f8c4", crop_size=64, max_side=512, batch_size=8, workers=1, max_steps=4500,
+        lr=3e-4, lr_min=3e-5, warmup_steps=200, ema_decay=0.999, eta=0.2, lpips_net="alex",
+        t_sampling="uniform", t_one_prob=0.2, log_every=10, ckpt_every=200, sample_every=500),
+    "gpu-default": TrainConfig(
+        preset="small-f8c4", crop_size=128, max_side=512, batch_size=128, workers=12, max_steps=8000,
+        lr=5e-4, lr_min=1e-5, warmup_steps=200, ema_decay=0.9995, eta=0.05, lpips_net="alex",
+        t_sampling="uniform", t_one_prob=0.5, log_every=20, ckpt_every=2000, sample_every=4000),
+    "tiny": TrainConfig(
+        preset="tiny", crop_size=32, max_side=128, batch_size=2, workers=0, max_steps=20,
+        lr=1e-3, lr_min=1e-4, warmup_steps=5, ema_decay=0.9, eta=0.1, lpips_net="alex",
+        t_sampling="uniform", log_every=5, ckpt_every=10, sample_every=10),
+}
+
+
+def get_recipe(name: str) -> TrainConfig:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name]
