@@ -169,6 +169,7 @@ class FakeService(http.server.BaseHTTPRequestHandler):
     """/encode -> fixed latents, /decode -> a fixed PNG plus `offset` levels."""
 
     offset = 0
+    latent_offset = 0.0
     size = (24, 16)
 
     def do_POST(self) -> None:  # noqa: N802
@@ -176,7 +177,8 @@ class FakeService(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         w, h = self.size
         if self.path.startswith("/encode"):
-            body, ctype = st_save({"latents": np.ones((1, 4, h // 8, w // 8), np.float32)}), sc.SAFETENSORS
+            z = np.ones((1, 4, h // 8, w // 8), np.float32) + np.float32(self.latent_offset)
+            body, ctype = st_save({"latents": z}), sc.SAFETENSORS
             extra = {"X-DGAE-Shape": f"1,4,{h // 8},{w // 8}"}
         else:
             pixels = np.full((h, w, 3), 100 + self.offset, np.uint8)
@@ -196,8 +198,8 @@ class FakeService(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_pair():
     servers = []
-    for offset in (0, 0, 2):
-        handler = type("H", (FakeService,), {"offset": offset})
+    for offset, latent_offset in ((0, 0.0), (0, 0.0), (2, 0.0), (0, 1e-3)):
+        handler = type("H", (FakeService,), {"offset": offset, "latent_offset": latent_offset})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -209,12 +211,14 @@ def fake_pair():
 def test_compare_accepts_equal_and_rejects_two_levels(fake_pair, tmp_path):
     photo = tmp_path / "photo.png"
     Image.new("RGB", FakeService.size, (10, 20, 30)).save(photo)
-    same, also_same, off_by_two = fake_pair
+    same, also_same, off_by_two, other_latents = fake_pair
     result = sc.compare(same, also_same, photo, 5, tmp_path / "out")
     assert result["image_max_level_diff"] == 0 and result["latent_max_abs_diff"] == 0
     assert (tmp_path / "out" / "balancer.png").is_file()
     with pytest.raises(sc.CheckFailed, match="images differ"):
         sc.compare(same, off_by_two, photo, 5, tmp_path / "out")
+    with pytest.raises(sc.CheckFailed, match="latents differ"):
+        sc.compare(same, other_latents, photo, 5, tmp_path / "out")
 
 
 # --- the client: the request catalogue against a real service ------------------------------------
