@@ -5,13 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= serve,client,export,kernels,train,dev
+EXTRAS ?= serve,client,export,kernels,train,bulk,dev
 HOST ?= 0.0.0.0
 PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-docker data demo train-default train-gpu eval bench lint clean
+.PHONY: install serve test test-docker data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,20 @@ test-docker: $(STAMP)
 data: $(STAMP)
 	$(PY) -m training.data.fetch --out $(DATA)
 
+# 360 crops of the photo set with 5 unusable files mixed in: the input of `make bulk-demo`
+BULK_INPUT ?= data/bulk-input
+bulk-input: $(STAMP) data
+	$(PY) scripts/make_bulk_input.py --photos $(DATA) --out $(BULK_INPUT)
+
+# encode BULK_INPUT uninterrupted, killed with SIGKILL midway + resumed, and with --engine ray;
+# compare the outputs byte for byte and LatentDataset with `dgae encode` (prints a JSON report)
+bulk-demo: bulk-input
+	$(PY) scripts/bulk_must_show.py --src $(BULK_INPUT) --out out/bulk-demo
+
+# bulk encode images/s vs the in-process backend's encode at the same batch size
+bench-bulk: bulk-input
+	$(PY) -m benchmarks.bulk --src $(BULK_INPUT) --out $(BENCH_OUT)
+
 demo: $(STAMP)
 	$(PY) -m cli roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
 
@@ -50,6 +64,15 @@ train-default: $(STAMP) data
 GPU_MINUTES ?= 5
 train-gpu: $(STAMP) data
 	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
+
+# distill the bundled model into a STUDENT_STEPS-step student on one GPU for DISTILL_MINUTES (then
+# `dgae eval` of student and teacher, each under EVAL_MINUTES); the bundled weights stay as they are
+DISTILL_MINUTES ?= 4
+STUDENT_STEPS ?= 1
+EVAL_MINUTES ?= 2
+distill-gpu: $(STAMP) data
+	PYTHON=$(PY) STUDENT_STEPS=$(STUDENT_STEPS) EVAL_MINUTES=$(EVAL_MINUTES) \
+		scripts/gpu_distill_default.sh $(DATA) runs/distill-$(STUDENT_STEPS)step $(DISTILL_MINUTES)
 
 eval: $(STAMP) data
 	$(PY) -m cli eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32

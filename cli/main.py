@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("cli.commands.encode", "encode images to a latents .safetensors file"),
     "decode": ("cli.commands.decode", "decode a latents file to images"),
     "roundtrip": ("cli.commands.roundtrip", "encode + decode images, print PSNR per image"),
+    "encode-dataset": ("cli.commands.encode_dataset", "encode a folder / list / tar shards of images to latent shards"),
+    "decode-dataset": ("cli.commands.decode_dataset", "decode latents in bulk to PNG shards or a folder"),
     "train": ("training.cli", "train a DGAE model (torchrun for multi-GPU)"),
     "eval": ("evaluation.evaluate", "evaluate reconstructions vs steps and the thumbnail baseline"),
     "export": ("export.cli", "export to ONNX / build TensorRT engines"),

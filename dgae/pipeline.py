@@ -26,7 +26,7 @@ EncodeMode = Literal["mean", "sample"]
 ENCODE_MODES = ("mean", "sample")
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Sample = Callable[[torch.Tensor, SamplePlan], torch.Tensor]
-DEFAULT_TILE_BATCH = 4  # tiles per network call when the runtime sets no batch limit (bounds memory)
+DEFAULT_TILE_BATCH = 1  # tiles per network call (backends choose per device: see Backend.tile_batch)
 
 
 # --- input checks --------------------------------------------------------------------------------
@@ -82,6 +82,15 @@ def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto")
     return TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
 
 
+def encode_moments(config: DGAEConfig, moments: Moments, images: torch.Tensor, tile: str = "auto",
+                   tile_batch: int = DEFAULT_TILE_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw posterior (mean, logvar) of images [N, 3, H, W], tiled when larger than a tile."""
+    grid = encode_grid(config, *images.shape[-2:], tile)
+    if grid is None:
+        return moments(images)
+    return tiled_moments(moments, images, grid, config.downsample_factor, tile_batch)
+
+
 def encode(config: DGAEConfig, moments: Moments, images: torch.Tensor, mode: str = "mean",
            seeds: int | Sequence[int] | None = None, tile: str = "auto",
            tile_batch: int = DEFAULT_TILE_BATCH) -> torch.Tensor:
@@ -92,17 +101,16 @@ def encode(config: DGAEConfig, moments: Moments, images: torch.Tensor, mode: str
     ``tile_batch`` per call, blended in latent space."""
     check_images(config, images)
     check_mode(mode)
-    grid = encode_grid(config, *images.shape[-2:], tile)
-    if grid is None:
-        mean, logvar = moments(images)
-    else:
-        mean, logvar = tiled_moments(moments, images, grid, config.downsample_factor, tile_batch)
-    z = mean
-    if mode == "sample":
-        noise = per_sample_noise(resolve_seeds(seeds, len(images)), tuple(mean.shape[1:]),
-                                 device=mean.device, dtype=mean.dtype)
-        z = mean + torch.exp(0.5 * logvar) * noise
+    mean, logvar = encode_moments(config, moments, images, tile, tile_batch)
+    z = sample_posterior(mean, logvar, resolve_seeds(seeds, len(images))) if mode == "sample" else mean
     return to_public(config, z)
+
+
+def sample_posterior(mean: torch.Tensor, logvar: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Raw posterior moments [N, c, h, w] -> raw latents mean + std * noise, item i's noise drawn
+    from seeds[i] (the encode-time sampling; readers of stored moments resample with it too)."""
+    noise = per_sample_noise(list(seeds), tuple(mean.shape[1:]), device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * noise
 
 
 # --- decode --------------------------------------------------------------------------------------

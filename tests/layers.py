@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("service", "benchmarks", "deploy"),   # applications: HTTP service, benchmarks, container entrypoint
     ("evaluation",),                       # reconstruction metrics vs steps, model card
     ("training",),                         # recipes, objective, trainer, photo set, metrics
+    ("bulk",),                             # dataset encode/decode: sources, shards, local/Ray engines
     ("backends",),                         # runtimes: torch, ONNX Runtime, TensorRT (one orchestration)
     ("export",),                           # ONNX export/validation, TensorRT build, export cache, manifest
     ("dgae",),                             # the model core: config, layers, encoder, decoder, sampler, codecs

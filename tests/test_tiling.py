@@ -87,9 +87,24 @@ def test_tiled_decode_is_deterministic_and_batch_invariant(tiny):
     for i in range(3):
         alone = tiny.decode(latents[i:i + 1], 2, [seeds[i]])
         assert (alone - batched[i:i + 1]).abs().max() < BATCH_TOL
-    small_batches = with_tiling(TorchBackend(tiny.model, max_batch_size=1), **SMALL_TILING)
-    assert (small_batches.decode(latents, 2, seeds) - batched).abs().max() < BATCH_TOL  # 1 tile per call
     assert not torch.equal(batched, tiny.decode(latents, 2, [8, 9, 10]))
+
+
+def test_tiles_batched_together_give_what_tiles_one_at_a_time_give(tiny, monkeypatch):
+    from backends import base
+
+    latents, seeds = torch.randn(2, 4, 10, 14), [5, 6]
+    one_at_a_time = tiny.decode(latents, 2, seeds)  # CPU default: one tile per call
+    monkeypatch.setattr(base, "CPU_TILE_BATCH", 5)  # 5 tiles per call, mixing both images' tiles
+    assert tiny.tile_batch == 5
+    assert (tiny.decode(latents, 2, seeds) - one_at_a_time).abs().max() < BATCH_TOL
+    images = torch.rand(2, 3, 96, 64) * 2 - 1
+    monkeypatch.setattr(base, "CPU_TILE_BATCH", 1)
+    enc_one = tiny.encode(images)
+    monkeypatch.setattr(base, "CPU_TILE_BATCH", 5)
+    assert (tiny.encode(images) - enc_one).abs().max() < BATCH_TOL
+    capped = with_tiling(TorchBackend(tiny.model, max_batch_size=2), **SMALL_TILING)
+    assert capped.tile_batch == 2  # never above the runtime's batch limit
 
 
 def test_tiled_decode_differs_from_untiled_only_slightly(tiny):

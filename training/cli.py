@@ -1,6 +1,8 @@
 """`dgae train`: train from a recipe with field overrides; resumes automatically from --out.
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node 8 -m cli train --recipe paper --data DIR --out DIR``.
+Few-step distillation: ``dgae train --recipe distill --init TEACHER.safetensors --teacher-steps 8
+--student-steps 1 --data DIR --out DIR`` (:mod:`training.distill`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="photo set folder / manifest.json / any image folder")
     p.add_argument("--out", required=True, help="run folder (state, EMA checkpoint, metrics, samples)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--init", default=None, help="start from this DGAE checkpoint's weights")
+    p.add_argument("--init", default=None,
+                   help="start from this DGAE checkpoint's weights (distill recipes: the teacher)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
@@ -33,8 +36,11 @@ def run(args) -> int:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
-    from training.trainer import Trainer  # noqa: PLC0415 - heavy imports only when training
+    if cfg.objective == "distill":  # heavy imports only when training
+        from training.distill import DistillTrainer as trainer_cls  # noqa: PLC0415
+    else:
+        from training.trainer import Trainer as trainer_cls  # noqa: PLC0415
 
-    step = Trainer(cfg, args.data, args.out, device=args.device, init_checkpoint=args.init).train()
+    step = trainer_cls(cfg, args.data, args.out, device=args.device, init_checkpoint=args.init).train()
     print(f"stopped at step {step}; EMA checkpoint: {args.out}/ema.safetensors")
     return 0

@@ -68,12 +68,8 @@ class Trainer:
         if cuda:
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed + self.rank)
-        self.model_cfg = get_preset(cfg.preset)
-        self.model = DGAE(self.model_cfg).to(self.device)
-        if init_checkpoint:
-            from dgae.checkpoint import load_checkpoint  # noqa: PLC0415
-
-            self.model.load_state_dict(load_checkpoint(init_checkpoint).state_dict())
+        self.model = self.build_model(init_checkpoint).to(self.device)
+        self.model_cfg = self.model.config
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                      betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
@@ -82,7 +78,7 @@ class Trainer:
             from training.metrics.lpips import LPIPS  # noqa: PLC0415
 
             lpips = LPIPS(cfg.lpips_net).to(self.device)
-        self.objective = DGAEObjective(cfg, lpips)
+        self.objective = self.build_objective(lpips)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.local_rank] if cuda else None)
                     if self.distributed else self.model)
         self.dataset = ImageFolderDataset(data, split="train", crop_size=cfg.crop_size, train=True,
@@ -93,6 +89,20 @@ class Trainer:
         self.autocast = cuda and cfg.bf16
         self._stop = False
         self._last_saved = -1
+
+    # --- what a recipe trains (subclasses override: training/distill.py) ----------------------
+    def build_model(self, init_checkpoint: str | None) -> DGAE:
+        """The model to train: the recipe's preset, starting from ``init_checkpoint``'s weights."""
+        model = DGAE(get_preset(self.cfg.preset))
+        if init_checkpoint:
+            from dgae.checkpoint import load_checkpoint  # noqa: PLC0415
+
+            model.load_state_dict(load_checkpoint(init_checkpoint).state_dict())
+        return model
+
+    def build_objective(self, lpips: torch.nn.Module | None) -> torch.nn.Module:
+        """``objective(model, x0) -> (loss, parts)``, called once per training step."""
+        return DGAEObjective(self.cfg, lpips)
 
     # --- state -------------------------------------------------------------------------------
     def maybe_resume(self) -> None:

@@ -1,0 +1,314 @@
+"""``dgae encode-dataset``: a folder, list or tar shards of images -> latent shards + manifest.
+
+One shard at a time (see :mod:`bulk.shards` for the exactly-once rules): DataLoader workers read,
+decode and preprocess the images in input order while the main process encodes batches of equal
+size with the service's backends (``backends.factory``); a shard's bytes depend only on its inputs
+and the options, never on the number of workers, the engine (local, Ray, torchrun ranks) or on
+having been interrupted. Batches are cut the same way everywhere: within a shard, consecutive
+usable images of one size, ``batch_size`` at a time (a CPU convolution's last bits depend on the
+batch it ran in, so equal batches are what makes the bytes equal).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from backends.base import Backend
+from backends.factory import create_backend
+from dgae.checkpoint import read_config, resolve_checkpoint
+from dgae.config import DGAEConfig
+from dgae.datasets import (FLIP_SUFFIX, FORMAT_VERSION, LOGVAR, MANIFEST_FORMATS, MEAN, SHARD_FORMATS, STORE_MODES,
+                           SampleOut, key_seed, shard_bytes, stored_fields)
+from dgae.errors import InputError
+from dgae.hashing import file_sha256
+from dgae.imageio import to_tensor
+from dgae.latents_io import LATENTS_KEY, encode_metadata
+from dgae.precision import PRECISIONS
+
+from .preprocess import Prepared, Preprocess, prepare_item
+from .shards import PLAN_FILE, ShardedOutput, ShardResult, ShardTask, plan_shards, rank_tasks
+from .sources import Item, items_digest, list_source
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+DEFAULT_SHARD_SIZE = 1000
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WORKERS = 2
+PREFETCH_BATCHES = 2  # decoded images kept ready: two batches, so the encoder never waits on a handoff
+DEFAULT_WAIT_TIMEOUT_S = 24 * 3600.0
+PLAN_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    src: str
+    out: str
+    checkpoint: str | None = None
+    backend: str = "torch"
+    device: str = "cpu"
+    precision: str = "fp32"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    store: str = "mean"
+    seed: int = 0
+    dtype: str = "fp32"  # stored latents' precision (dgae.precision's names)
+    shard_format: str = "wds"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    manifest_format: str = "jsonl"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    tile: str = "auto"  # images larger than the model's tile: overlapping tiles ("off": one piece)
+    workers: int = DEFAULT_WORKERS
+    threads: int = 0
+    strict: bool = False
+    folder_labels: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    engine: str = "local"
+    ray_actors: int = 1
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
+
+    def validate(self) -> "EncodeOptions":
+        self.preprocess.validate()
+        choices = {"store": (self.store, STORE_MODES), "dtype": (self.dtype, tuple(PRECISIONS)),
+                   "shard format": (self.shard_format, tuple(SHARD_FORMATS)),
+                   "manifest": (self.manifest_format, MANIFEST_FORMATS), "engine": (self.engine, ENGINES)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("batch_size", "shard_size", "ray_actors"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.threads < 0:
+            raise InputError(f"--workers and --threads must be >= 0, got {self.workers} and {self.threads}")
+        return self
+
+
+def distributed_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    env = os.environ
+    try:
+        return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    except ValueError as exc:
+        raise InputError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
+
+
+def rank_device(device: str, world: int, local_rank: int) -> str:
+    return f"cuda:{local_rank}" if world > 1 and device == "cuda" else device
+
+
+# --- the shared per-shard computation ------------------------------------------------------------
+@dataclass
+class EncodeContext:
+    """Everything a worker (local process, Ray actor, torchrun rank) needs to encode a shard."""
+
+    backend: Backend
+    config: DGAEConfig
+    checkpoint_sha256: str
+    options: EncodeOptions
+
+    @property
+    def f(self) -> int:
+        return self.config.downsample_factor
+
+    def seeds(self, group: list[Prepared], suffix: str) -> list[int] | None:
+        if self.options.store != "sample":
+            return None
+        return [key_seed(p.item.key, f"{self.options.seed}{suffix}") for p in group]
+
+    def _encode(self, rgbs: list, group: list[Prepared], suffix: str) -> dict[str, torch.Tensor]:
+        x = to_tensor(rgbs)
+        if self.options.store == "moments":
+            mean, logvar = self.backend.moments(x, self.options.tile)
+            return {MEAN + suffix: mean, LOGVAR + suffix: logvar}
+        return {LATENTS_KEY + suffix: self.backend.encode(x, self.options.store, self.seeds(group, suffix),
+                                                          self.options.tile)}
+
+    def encode_group(self, group: list[Prepared]) -> list[SampleOut]:
+        opts, dtype = self.options, PRECISIONS[self.options.dtype].torch_dtype
+        tensors = self._encode([p.rgb for p in group], group, "")
+        if opts.preprocess.flip:  # its own batch: the unflipped latents equal a run without --flip
+            tensors.update(self._encode([p.rgb_flip for p in group], group, FLIP_SUFFIX))
+        seeds = self.seeds(group, "") or [None] * len(group)
+        out = []
+        for i, (p, seed) in enumerate(zip(group, seeds)):
+            record = {"key": p.item.key, "source": p.item.source, "label": p.item.label, "index": p.item.index,
+                      "orig_width": p.orig_size[0], "orig_height": p.orig_size[1],
+                      "width": p.info.width, "height": p.info.height, "fit": p.info.to_dict(), "seed": seed}
+            meta = encode_metadata(self.config, self.checkpoint_sha256, "sample" if seed is not None else "mean",
+                                   [seed], [p.item.source], [p.info])
+            meta["store"] = opts.store
+            out.append(SampleOut(p.item.key, {k: v[i].to(dtype) for k, v in tensors.items()}, record, meta))
+        return out
+
+    def encode_shard(self, task: ShardTask, prepared: Iterable[Prepared],
+                     advance: Callable[[int], None] | None = None) -> ShardResult:
+        """Consume the shard's prepared items (in input order) -> its bytes, records and errors."""
+        opts = self.options
+        samples: dict[int, SampleOut] = {}
+        errors: list[dict[str, Any]] = []
+        groups: dict[tuple[int, ...], list[Prepared]] = {}
+
+        def flush(shape: tuple[int, ...]) -> None:
+            group = groups.pop(shape)
+            for s in self.encode_group(group):
+                samples[s.record["index"]] = s
+            if advance:
+                advance(len(group))
+
+        for p in prepared:
+            if p.error is not None:
+                if opts.strict:
+                    raise InputError(f"{p.error} (--strict)")
+                errors.append({"index": p.item.index, "key": p.item.key, "source": p.item.source,
+                               "kind": p.error_kind, "reason": p.error, "shard": task.index})
+                log.warning("skipped %s", p.error)
+                if advance:
+                    advance(1)
+                continue
+            groups.setdefault(p.rgb.shape, []).append(p)
+            if len(groups[p.rgb.shape]) == opts.batch_size:
+                flush(p.rgb.shape)
+        for shape in list(groups):
+            flush(shape)
+        ordered = [samples[i] for i in sorted(samples)]
+        return ShardResult(task, [s.record for s in ordered], errors, data=shard_bytes(ordered, opts.shard_format))
+
+
+def apply_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (0: leave torch's default). On CPU the last bits of a
+    convolution depend on the thread count, so identical bytes across engines need equal counts."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def make_context(opts: EncodeOptions, device: str | None = None, backend: Backend | None = None,
+                 threads: int | None = None) -> EncodeContext:
+    apply_threads(opts.threads if threads is None else threads)
+    checkpoint = resolve_checkpoint(opts.checkpoint)
+    if backend is None:
+        backend = create_backend(opts.backend, checkpoint, device=device or opts.device, precision=opts.precision,
+                                 **opts.backend_options)
+    sha = backend.checkpoint_sha256 or file_sha256(checkpoint)
+    return EncodeContext(backend, backend.config, sha, opts)
+
+
+# --- DataLoader workers --------------------------------------------------------------------------
+class PreparedItems(torch.utils.data.Dataset):
+    """What the DataLoader workers compute: item i read, decoded and preprocessed."""
+
+    def __init__(self, items: list[Item], preprocess: Preprocess, f: int):
+        self.items, self.preprocess, self.f = items, preprocess, f
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Prepared:
+        return prepare_item(self.items[index], self.preprocess, self.f)
+
+
+def _as_is(x: Prepared) -> Prepared:
+    return x
+
+
+def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: int,
+                    batch_size: int) -> Iterator[Prepared]:
+    """Prepared items in input order, ``workers`` processes ahead of the consumer (0: inline),
+    with ``PREFETCH_BATCHES`` batches' worth of items in flight."""
+    if workers == 0 or not items:
+        return (prepare_item(it, preprocess, f) for it in items)
+    loader = torch.utils.data.DataLoader(PreparedItems(items, preprocess, f), batch_size=None, shuffle=False,
+                                         num_workers=workers, collate_fn=_as_is,
+                                         prefetch_factor=math.ceil(PREFETCH_BATCHES * batch_size / workers))
+    return iter(loader)
+
+
+# --- the run -------------------------------------------------------------------------------------
+def plan_header(opts: EncodeOptions, items: list[Item], config: DGAEConfig, sha: str) -> dict[str, Any]:
+    """What pins a run's bytes: a resumed run must match it exactly."""
+    return {"kind": "latents", "format_version": FORMAT_VERSION, "inputs": len(items), "inputs_sha256": items_digest(items),
+            "checkpoint_sha256": sha, "model": config.name, "backend": opts.backend, "precision": opts.precision,
+            "device": opts.device, "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
+            "seed": opts.seed if opts.store == "sample" else None, "dtype": opts.dtype,
+            "shard_format": opts.shard_format, "shard_size": opts.shard_size, "batch_size": opts.batch_size,
+            "tile": opts.tile, "manifest_format": opts.manifest_format}
+
+
+def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) -> dict[str, Any]:
+    return {"kind": "latents", "format_version": FORMAT_VERSION, "source": src, "model": config.name,
+            "config": config.to_dict(), "checkpoint_sha256": sha, "latent_scale": config.latent_scale,
+            "latent_shift": config.latent_shift, "downsample_factor": config.downsample_factor,
+            "latent_channels": config.latent_channels, "preprocessing": opts.preprocess.to_dict(),
+            "preprocessing_text": opts.preprocess.describe(), "store": opts.store,
+            "fields": list(stored_fields(opts.store, opts.preprocess.flip)), "dtype": opts.dtype,
+            "seed": opts.seed if opts.store == "sample" else None, "shard_format": opts.shard_format,
+            "shard_size": opts.shard_size, "batch_size": opts.batch_size, "tile": opts.tile,
+            "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}
+
+
+def wait_for_plan(out: ShardedOutput, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (out.parts / PLAN_FILE).exists():
+        if time.monotonic() > deadline:
+            raise InputError(f"{out.root}: rank 0 did not create the output within {timeout_s:.0f} s")
+        time.sleep(PLAN_POLL_S)
+
+
+def run_encode(opts: EncodeOptions, backend: Backend | None = None) -> dict[str, Any]:
+    """Encode SRC into OUT (resuming what is there); returns dataset.json's content (rank 0)."""
+    opts.validate()
+    rank, world, local_rank = distributed_rank()
+    checkpoint = resolve_checkpoint(opts.checkpoint)
+    config = backend.config if backend is not None else read_config(checkpoint)
+    sha = (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(checkpoint)
+    items = list_source(opts.src, opts.folder_labels)
+    tasks = plan_shards(items, opts.shard_size)
+    out = ShardedOutput(opts.out, plan_header(opts, items, config, sha), opts.shard_format)
+    if rank == 0:
+        out.open(overwrite=opts.overwrite)
+    else:
+        wait_for_plan(out, opts.wait_timeout_s)
+        out.open(create=False)
+    mine = rank_tasks(tasks, rank, world)
+    pending = out.pending(mine)
+    done_inputs = sum(len(t.items) for t in mine) - sum(len(t.items) for t in pending)
+    log.info("%s: %d inputs in %d shard(s); rank %d/%d: %d shard(s) to encode, %d already complete",
+             opts.src, len(items), len(tasks), rank, world, len(pending), len(mine) - len(pending))
+    if pending:
+        bar = tqdm(total=sum(len(t.items) for t in mine), initial=done_inputs, unit="img", desc="encode",
+                   disable=not opts.progress, smoothing=0.1, dynamic_ncols=True)
+        try:
+            if opts.engine == "ray":
+                from .ray_engine import run_ray  # noqa: PLC0415 - ray is an optional extra
+
+                run_ray(opts, out, pending, bar.update)
+            else:
+                ctx = make_context(opts, rank_device(opts.device, world, local_rank), backend)
+                stream = prepared_stream([it for t in pending for it in t.items], opts.preprocess, ctx.f,
+                                         opts.workers, opts.batch_size)
+                for task in pending:
+                    out.commit(ctx.encode_shard(task, (next(stream) for _ in task.items), bar.update))
+        finally:
+            bar.close()
+    if rank != 0:
+        return {}
+    if world > 1:
+        out.wait_for(tasks, opts.wait_timeout_s)
+    row_common = {"checkpoint_sha256": sha, "latent_scale": config.latent_scale, "latent_shift": config.latent_shift,
+                  "preprocessing": opts.preprocess.describe(), "store": opts.store}
+    summary = out.finalize(tasks, dataset_header(opts, config, sha, opts.src), opts.manifest_format, row_common)
+    log.info("wrote %s: %d samples in %d shard(s), %d error(s) listed in %s", Path(opts.out) / "dataset.json",
+             summary["counts"]["samples"], len(tasks), summary["counts"]["errors"], summary["errors_file"])
+    return summary
