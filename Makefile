@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
+.PHONY: install serve test test-docker data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra
+
+# The Docker deployment built and run for real: CPU image, compose stack (2 replicas + balancer),
+# requests, crashed replicas, teardown. Installs docker.io / debootstrap and starts dockerd when
+# missing (root); see docker/smoke/docker_smoke.sh for its DGAE_SMOKE_* settings.
+test-docker: $(STAMP)
+	DGAE_SMOKE_PYTHON=$(abspath $(PY)) docker/smoke/docker_smoke.sh
 
 data: $(STAMP)
 	$(PY) -m training.data.fetch --out $(DATA)

@@ -158,18 +158,34 @@ def test_hadolint_is_clean():
         assert before.startswith("#") and "hadolint" not in before, f"unjustified {ignore.group(0)!r}"
 
 
-def stages() -> dict[str, dict]:
-    """name -> {'base': image or parent stage, 'lines': instructions (continuations joined)}."""
+def _instructions() -> list[str]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM (usable in FROM lines), name -> default."""
+    out = {}
+    for line in _instructions():
+        if line.upper().startswith("FROM "):
+            break
+        m = re.match(r"ARG\s+([A-Z0-9_]+)(?:=(\S*))?$", line, re.I)
+        if m:
+            out[m[1]] = m[2] or ""
+    return out
+
+
+def stages() -> dict[str, dict]:
+    """name -> {'base': image (global ARG defaults substituted) or parent stage, 'base_raw': the
+    FROM argument as written, 'lines': instructions (continuations joined)}."""
+    defaults = global_args()
     out: dict[str, dict] = {}
     current = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _instructions():
         m = re.match(r"FROM\s+(\S+)\s+AS\s+(\S+)", line, re.I)
         if m:
-            current = out.setdefault(m[2], {"base": m[1], "lines": []})
+            base = re.sub(r"\$\{(\w+)\}", lambda v: defaults.get(v[1], v[0]), m[1])
+            current = out.setdefault(m[2], {"base": base, "base_raw": m[1], "lines": []})
         elif current is not None:
             current["lines"].append(line)
     return out
@@ -205,8 +221,82 @@ def test_base_images_are_pinned():
             continue
         assert ":" in base and not base.endswith(":latest") and re.search(r":.*\d", base), f"{name}: {base}"
     for image in re.findall(r"^\s*image:\s*(\S+)", COMPOSE.read_text(), re.M):
-        if "${" not in image:
-            assert re.search(r":v?\d", image), f"compose image not pinned: {image}"
+        default = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", image)  # the image used when nothing is set
+        assert "${" not in default and re.search(r":v?\d|:(cpu|gpu)$", default), f"compose image not pinned: {image}"
+
+
+def test_every_external_image_is_a_build_argument_or_a_compose_variable():
+    """Public images are the defaults, never hard-wired: a site that cannot reach the registry (or
+    mirrors it) passes its own (docker/smoke/docker_smoke.sh passes local Debian bases)."""
+    all_stages = stages()
+    args = global_args()
+    for name, stage in all_stages.items():
+        if stage["base_raw"] in all_stages:
+            continue
+        m = re.fullmatch(r"\$\{(\w+)\}", stage["base_raw"])
+        assert m and args.get(m[1]), f"stage {name}: FROM {stage['base_raw']} is not a global ARG with a default"
+    assert args["PYTHON_IMAGE"].startswith("python:") and args["CUDA_IMAGE"].startswith("nvidia/cuda:")
+    images = dict(re.findall(r"^  ([\w-]+):\n(?:    .*\n|\n)*?    image: (\S+)", COMPOSE.read_text(), re.M))
+    assert images["lb"] == "${DGAE_NGINX_IMAGE:-nginx:1.28.0-alpine}", images
+    assert images["prometheus"].startswith("${DGAE_PROMETHEUS_IMAGE:-prom/prometheus:"), images
+    assert all(images[s].startswith("${DGAE_IMAGE:-dgae-serve}:") for s in ("dgae", "dgae-cpu")), images
+
+
+PIP_ARGS = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST", "PIP_CERT"}
+
+
+def _args(lines: list[str]) -> dict[str, str | None]:
+    out = {}
+    for line in lines:
+        m = re.match(r"ARG\s+([A-Z0-9_]+)(=(\S*))?$", line)
+        if m:
+            out[m[1]] = m[3] if m[2] else None
+    return out
+
+
+@pytest.mark.parametrize("builder, torch_arg, default", [
+    ("cpu-builder", "TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu"),
+    ("gpu-builder", "TORCH_GPU_INDEX_URL", ""),
+])
+def test_builders_take_the_torch_source_and_pip_settings_as_build_arguments(builder, torch_arg, default):
+    all_stages = stages()
+    lines = all_stages[builder]["lines"]
+    args = _args(lines)
+    assert args.get(torch_arg) == default, args
+    assert PIP_ARGS <= set(args), f"{builder} lacks {PIP_ARGS - set(args)}"
+    assert all(args[a] is None for a in PIP_ARGS), "pip settings must be unset unless passed (pip reads them as env)"
+    torch_install = next(ln for ln in lines if "torch==${TORCH_VERSION}" in ln)
+    assert f'PIP_INDEX_URL="${{{torch_arg}}}"' in torch_install
+    # the build inputs come in before anything is installed, and are dropped from /app
+    copies = [ln for ln in lines if ln.startswith("COPY ")]
+    assert copies[0] == "COPY docker/build-inputs/ /build/inputs/"
+    assert lines.index(copies[0]) < lines.index(torch_install)
+    assert "COPY . /app" in lines and "RUN rm -rf /app/docker/build-inputs" in lines
+    assert lines.index("RUN rm -rf /app/docker/build-inputs") > lines.index("COPY . /app")
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_final_stages_copy_nothing_from_the_build_context(target):
+    """Build inputs (a proxy's CA bundle, wheels) are in the context: a final stage may only copy
+    from its builder, which dropped them, and never declares the pip build arguments."""
+    all_stages = stages()
+    for stage in chain(all_stages, target):  # the final stage and the stages it is built FROM
+        copies = [ln for ln in stage["lines"] if ln.startswith(("COPY", "ADD"))]
+        assert all(ln.startswith("COPY --from=") for ln in copies), copies
+        assert not PIP_ARGS & set(_args(stage["lines"])), stage["lines"]
+    assert f"COPY --from={target}-builder /app /app" in all_stages[target]["lines"]
+
+
+def test_build_inputs_are_in_the_context_but_never_committed():
+    assert in_context("docker/build-inputs/ca-certificates.crt") and in_context("docker/build-inputs/wheels/t.whl")
+    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=REPO, capture_output=True, timeout=60).returncode:
+        pytest.skip("not a git work tree")
+    ignored = subprocess.run(["git", "check-ignore", "docker/build-inputs/wheels/t.whl",
+                              "docker/build-inputs/ca-certificates.crt"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    kept = subprocess.run(["git", "check-ignore", "-q", "docker/build-inputs/README.md"], cwd=REPO, timeout=60)
+    assert ignored.returncode == 0 and len(ignored.stdout.split()) == 2, ignored.stdout + ignored.stderr
+    assert kept.returncode == 1
+    assert (REPO / "docker" / "build-inputs" / "README.md").is_file(), "the directory must exist for COPY"
 
 
 # --- .dockerignore ----------------------------------------------------------------------------
@@ -260,7 +350,7 @@ def test_dockerignore_lets_in_every_package_and_copied_file():
                                                         "weights/dgae-small-f8c4.safetensors", "docker/entrypoint.sh"]
     for line in stages()["cpu-builder"]["lines"] + stages()["gpu-builder"]["lines"]:
         if line.startswith("COPY ") and "--from" not in line:
-            needed += line.split()[1:-1]
+            needed += [src.rstrip("/") for src in line.split()[1:-1] if src != "."]  # ".": the whole context
     missing = [p for p in needed if not in_context(p)]
     assert not missing, f"add these to the allow-list in .dockerignore: {missing}"
     unknown = [p for p in include if not any(re.match(p.replace("*", ".*"), pkg) for pkg in packages)]

@@ -1,7 +1,8 @@
 """The committed load-balancer config (docker/nginx/dgae.conf.template), rendered the way the nginx
 image renders it, with the replica block pointed at loopback: `nginx -t` passes, and a real nginx in
 front of two real `dgae serve` processes (plus one replica stuck at 503, like one still loading)
-spreads /encode over both, enforces the service's body limit, and routes around a killed replica.
+spreads /encode over both, enforces the service's body limit, and routes around a killed replica;
+and with stub replicas, a replica back from a crash takes over at once when the other one crashes.
 
 Needs Debian's nginx (`apt-get install -y nginx`); skipped with the reason when it is missing."""
 from __future__ import annotations
@@ -193,3 +194,64 @@ def test_a_killed_replica_is_routed_around(cluster):
     responses = encode(cluster["lb"], REQUESTS)
     assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
     assert set(served_by(cluster["nginx_log"], "/encode")[before:]) == {f"127.0.0.1:{survivor}"}
+
+
+class LoadingThenReadyHandler(http.server.BaseHTTPRequestHandler):
+    """A replica restarting after a crash: 503 while it loads, 200 once ``server.ready`` is set."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        ready = self.server.ready.is_set()  # type: ignore[attr-defined]
+        self.server.answered.append(200 if ready else 503)  # type: ignore[attr-defined]
+        body = b'{"status": "alive"}' if ready else b'{"error": {"code": "not_ready", "message": "loading"}}'
+        self.send_response(200 if ready else 503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+CRASH_REQUESTS = 10  # enough for least_conn to send the loading replica more than max_fails=3 of them
+
+
+def test_a_replica_back_from_a_crash_takes_over_when_the_other_crashes(tmp_path):
+    """What docker/smoke/docker_smoke.sh hit with compose: replica A restarts after a crash and
+    answers 503 while it loads (nginx retries those on B), A turns ready, then B crashes. Every
+    request must still be answered, by A. With passive failure counting (max_fails=3
+    fail_timeout=5s) A's 503s had marked it down, so nginx had "no live upstreams" and answered
+    502 to everything until fail_timeout passed."""
+    servers = []
+    for ready in (False, True):  # A loading, B ready
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoadingThenReadyHandler)
+        server.ready = threading.Event()  # type: ignore[attr-defined]
+        server.answered = []  # type: ignore[attr-defined]
+        if ready:
+            server.ready.set()  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    a, b = servers
+    lb_port = free_port()
+    prefix = tmp_path / "nginx"
+    main = write_config(prefix, values(lb_port), [a.server_address[1], b.server_address[1]])
+    nginx = start(nginx_cmd(prefix, main, globals_="daemon off;"), None, tmp_path / "nginx.log")
+    try:
+        wait_ready(lb_port, [nginx], path="/healthz")
+        with httpx.Client(base_url=f"http://127.0.0.1:{lb_port}", timeout=30) as client:
+            while_loading = [client.get("/healthz").status_code for _ in range(CRASH_REQUESTS)]
+            a.ready.set()  # type: ignore[attr-defined]
+            b.shutdown()
+            b.server_close()  # B crashed: connection refused from now on
+            after_crash = [client.get("/healthz").status_code for _ in range(CRASH_REQUESTS)]
+    finally:
+        stop(nginx, signal.SIGQUIT)
+        a.shutdown()
+        a.server_close()
+    log = (tmp_path / "nginx.log").read_text(errors="replace")[-3000:]
+    assert a.answered.count(503) >= 3, "the loading replica was not tried: the test no longer shows what it claims"  # type: ignore[attr-defined]
+    assert while_loading == [200] * CRASH_REQUESTS, log
+    assert after_crash == [200] * CRASH_REQUESTS, f"502 while a ready replica was up:\n{log}"
