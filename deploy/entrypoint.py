@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 FALLBACKS = ("torch", "fail")
 GPU_PRECISION, CPU_PRECISION = "fp16", "fp32"
 DEFAULT_CACHE = Path.home() / ".cache" / "dgae" / "engines"
-EXPORT_PACKAGE = Path(__file__).resolve().parent.parent / "export"
 EXIT_USER_ERROR = 2
 
 # Environment variables read here (everything else DGAE_* goes to the service untouched).
@@ -131,14 +129,6 @@ def decide(env: Mapping[str, str], machine: Machine, checkpoint: str, sha256: st
                 build_engine=backend == "tensorrt", reason=reason, kernels=kernels)
 
 
-def _source_digest(package: Path) -> str:
-    """Hash of the exporter's source, so a changed exporter rebuilds instead of reusing old files."""
-    h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:engine_cache.KEY_HEX_CHARS]
-
-
 def run_command(cmd: Sequence[str]) -> int:
     log.info("running: %s", shlex.join(cmd))
     return subprocess.run(list(cmd), check=False).returncode
@@ -166,7 +156,7 @@ def prepare(plan: Plan, machine: Machine, env: Mapping[str, str], run: Runner = 
     if plan.backend == "onnxruntime" and plan.precision == "fp16":
         onnx_args = ["--fp16", *onnx_args]  # ONNX Runtime runs the export's own precision
     onnx_parts = {"checkpoint_sha256": plan.checkpoint_sha256, "torch": machine.torch,
-                  "exporter": _source_digest(EXPORT_PACKAGE), "args": shlex.join(onnx_args)}
+                  "exporter": engine_cache.exporter_digest(), "args": shlex.join(onnx_args)}
     onnx_dir = engine_cache.ensure_entry(cache, "onnx", onnx_parts, _builder(
         lambda d: [*dgae, "onnx", "--checkpoint", plan.checkpoint, "-o", str(d), *onnx_args], "ONNX export", run))
     out[ENV_ONNX_DIR] = str(onnx_dir)

@@ -40,6 +40,8 @@ KEEP_ENV = "DGAE_CACHE_KEEP"
 DEFAULT_KEEP = 4
 ONNX_SUBDIR = "onnx"
 ONNX_KIND = "onnx"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPORT_SOURCE_PACKAGES = ("export", "dgae", "kernels")
 
 MANIFEST = "cache-entry.json"  # not manifest.json: that is the exporter's own file in the same folder
 KEY_HEX_CHARS = 16
@@ -123,6 +125,21 @@ def ensure_entry(root: str | os.PathLike, kind: str, parts: Mapping[str, str], b
     return final
 
 
+def source_digest(*packages: Path) -> str:
+    """Hash of the Python source of ``packages``: a changed exporter or model code builds a new
+    entry instead of reusing files it would no longer produce."""
+    h = hashlib.sha256()
+    for package in packages:
+        for path in sorted(package.rglob("*.py")):
+            h.update(path.relative_to(package.parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:KEY_HEX_CHARS]
+
+
+def exporter_digest() -> str:
+    """The source that determines an exported graph: the exporter, the model core and its kernels."""
+    return source_digest(*(REPO_ROOT / name for name in EXPORT_SOURCE_PACKAGES))
+
+
 # --- ONNX exports on demand --------------------------------------------------------------------
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
@@ -147,7 +164,8 @@ def cached_onnx_dir(checkpoint: str | os.PathLike | None, precision: str = "fp32
     steps = read_config(path).sampler.default_steps
     keep = cache_keep()  # a bad setting fails before minutes of exporting, not after
     exports = (Path(root) if root else cache_root()) / ONNX_SUBDIR
-    parts = {"checkpoint_sha256": sha, "precision": precision, "unroll_steps": str(steps), "torch": torch.__version__}
+    parts = {"checkpoint_sha256": sha, "precision": precision, "unroll_steps": str(steps), "torch": torch.__version__,
+             "exporter": exporter_digest()}
     built: list[Path] = []
 
     def build(out: Path) -> None:

@@ -39,7 +39,7 @@ def test_onnxruntime_precision_mismatch(onnx_dir, tiny_checkpoint):
 def test_onnxruntime_uses_the_export_cache(onnx_dir, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     parts = {"checkpoint_sha256": file_sha256(tiny_checkpoint), "precision": "fp32", "unroll_steps": "2",
-             "torch": torch.__version__}
+             "torch": torch.__version__, "exporter": cache.exporter_digest()}
     target = tmp_path / "onnx" / cache.entry_name(cache.ONNX_KIND, parts)  # one entry per checkpoint + options
     exports = []
 
