@@ -13,17 +13,12 @@ from ._dispatch import use_triton
 
 def group_norm_silu_reference(x, weight, bias, num_groups: int, eps: float,
                               scale=None, shift=None, silu: bool = True) -> torch.Tensor:
-    """The affine and AdaGN terms are folded into one per-(item, channel) multiply-add on the small
-    [B, C] tensors, so the activation is read once after normalising (one Mul + one Add over it
-    instead of two each: this is also what exported ONNX graphs run)."""
+    h = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
     extra = (1,) * (x.dim() - 2)
-    a, b = weight.float()[None], bias.float()[None]  # [1, C]
     if scale is not None:
-        a, b = a * (1 + scale.float()), b * (1 + scale.float())  # [B, C]
+        h = h * (1 + scale.float().view(*scale.shape, *extra))
     if shift is not None:
-        b = b + shift.float()
-    h = F.group_norm(x.float(), num_groups, None, None, eps)
-    h = h * a.view(*a.shape, *extra) + b.view(*b.shape, *extra)
+        h = h + shift.float().view(*shift.shape, *extra)
     if silu:
         h = F.silu(h)
     return h.to(x.dtype)
