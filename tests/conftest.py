@@ -36,3 +36,11 @@ def tiny_model(tiny_checkpoint):
     from dgae.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """Apps under test set torch_threads (process-wide): every module gets the default back after it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from service.errors import BudgetFull
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 from service_cases import AUTH, C, F, latents, png, st_bytes
-from test_service_app import (_restore_torch_threads, assert_json_error, make_client,  # noqa: F401 - fixture
+from test_service_app import (assert_json_error, make_client,
                               wait_ready, Wrapped)
 
 GATE_WAIT_S = 60.0  # the longest a blocked backend call waits for its test (never reached when it passes)

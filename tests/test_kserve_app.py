@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from backends.torch_backend import TorchBackend
 from dgae.imageio import encode_image, to_tensor
@@ -28,12 +27,6 @@ SLOW_BATCH_S = 0.5
 JSON_SIDE = F  # JSON tensors stay under the small max_json_values: 8x8 images, 1x1 latents
 LATENT_ATOL = 1e-5  # same backend call alone vs another batch composition (float reassociation)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -33,12 +32,6 @@ ASSETS = {"playground.js": "text/javascript", "playground.css": "text/css", "fav
           "samples/astronaut.jpg": "image/jpeg"}
 EXTERNAL_URL = re.compile(r"""(?:src|href|url|fetch)\s*[=(]\s*["'`]?\s*(?:https?:)?//""", re.I)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_client(checkpoint, **overrides) -> TestClient:

@@ -45,13 +45,6 @@ def make_client(**overrides) -> TestClient:
     return TestClient(create_app(settings, backend=backend))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    """The apps here set torch_threads=1 (process-wide); give other test modules their default back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def client(tiny_checkpoint):

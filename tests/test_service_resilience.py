@@ -16,7 +16,7 @@ import torch
 from service.settings import ServiceSettings
 from service.state import DECODE, ENCODE, ServiceState
 from service_cases import AUTH, API_KEY, C, F, latents, png, st_bytes
-from test_service_app import (ConfigOnly, _restore_torch_threads, assert_json_error,  # noqa: F401 - fixture
+from test_service_app import (ConfigOnly, assert_json_error,
                               make_client, wait_ready, Wrapped)
 
 GATE_WAIT_S = 10.0  # the longest a blocked backend call waits for its test (reached only when a test fails)
