@@ -44,12 +44,19 @@ def resolve_seeds(seeds: int | Sequence[int] | None, n: int) -> list[int]:
 
 
 def per_sample_noise(seeds: Sequence[int], shape: tuple[int, ...], device=None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise [len(seeds), *shape], item i drawn from a generator seeded seeds[i]."""
-    out = torch.empty((len(seeds), *shape), dtype=torch.float32)
+                     dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal noise [len(seeds), *shape], item i drawn (on the CPU, in fp32) from a
+    generator seeded seeds[i]. ``out``: write it there instead (a copy only when ``out`` is not
+    a CPU fp32 tensor, e.g. a view into the U-Net buffer)."""
+    direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32
+    noise = out if direct else torch.empty((len(seeds), *shape), dtype=torch.float32)
     for i, s in enumerate(seeds):
-        out[i] = torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-    return out.to(device=device, dtype=dtype)
+        torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), out=noise[i])
+    if out is None:
+        return noise.to(device=device, dtype=dtype)
+    if not direct:
+        out.copy_(noise)
+    return out
 
 
 def timesteps(steps: int, schedule: str = "uniform", shift: float = 1.0) -> list[float]:
@@ -128,11 +135,7 @@ def prepare_decode_buffer(raw_latents: torch.Tensor, f: int, multiple: int, seed
     dtype = dtype or z.dtype
     buf = torch.empty((len(seeds), IMAGE_CHANNELS + z.shape[1], *size), dtype=dtype, device=z.device)
     buf[:, IMAGE_CHANNELS:] = F.interpolate(z, size=size, mode="nearest")
-    if buf.device.type == "cpu" and dtype == torch.float32:  # draw each item's noise in place
-        for i, s in enumerate(seeds):
-            torch.randn((IMAGE_CHANNELS, *size), generator=torch.Generator().manual_seed(int(s)), out=buf[i, :IMAGE_CHANNELS])
-    else:
-        buf[:, :IMAGE_CHANNELS] = per_sample_noise(seeds, (IMAGE_CHANNELS, *size), device=z.device, dtype=dtype)
+    per_sample_noise(seeds, (IMAGE_CHANNELS, *size), out=buf[:, :IMAGE_CHANNELS])
     return buf
 
 
