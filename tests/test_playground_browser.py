@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -205,7 +206,8 @@ def test_upload_shows_reconstruction_heatmap_and_the_psnr_the_test_recomputes(br
     assert page.eval_on_selector("#channels canvas", "c => [c.width, c.height]") == [lw, lh]
 
     ms = server_timing_ms(dec_res, "decode")
-    assert page.inner_text("#decode-ms").startswith(f"{round(ms)} ms"), page.inner_text("#decode-ms")
+    shown_ms = math.floor(ms + 0.5)  # JavaScript's Math.round (half up); Python's round() is half to even
+    assert page.inner_text("#decode-ms").startswith(f"{shown_ms} ms"), page.inner_text("#decode-ms")
     query = parse_qs(urlparse(dec_res.url).query)
     assert query["steps"] == [str(model["steps"]["default"])]
     assert ("tile" in query) == ("/decode" in tile_routes), f"tile sent: {query}; server offers it on {tile_routes}"
