@@ -6,7 +6,12 @@ then replaces itself with ``python -m cli serve`` (which reads every other ``DGA
 
     GPU and TensorRT   export ONNX, build TensorRT engines (cached)  -> tensorrt on cuda
     GPU, no TensorRT   nothing to build                              -> torch on cuda
-    no GPU             nothing to build                              -> torch on cpu (the CPU backend)
+    no GPU             nothing to build here                         -> auto on cpu
+
+On the CPU the service's own ``backend=auto`` decides (:mod:`backends.factory`, the same choice
+as ``make serve``): ONNX Runtime with the validated export from the cache under
+``DGAE_CACHE_DIR`` (built once at the first start, reused by later ones and by replicas sharing
+the volume), torch with channels_last if that cannot start; ``/v1/model`` says which and why.
 
 ``DGAE_BACKEND`` other than ``auto`` forces a backend (``onnxruntime`` exports ONNX into the cache
 first). If a TensorRT build fails the service falls back to torch on the GPU with an error logged,
@@ -114,7 +119,7 @@ def decide(env: Mapping[str, str], machine: Machine, checkpoint: str, sha256: st
         elif on_gpu:
             backend, reason = "torch", f"GPU {machine.gpu} but TensorRT is not installed"
         else:
-            backend, reason = "torch", "no GPU: CPU backend"
+            backend, reason = "auto", "no GPU: the service picks the fastest verified CPU runtime"
     else:
         backend, reason = requested, f"{ENV_BACKEND}={requested}"
     if backend == "tensorrt" and not (on_gpu and machine.tensorrt):
@@ -144,13 +149,15 @@ def _builder(cmd_for: Callable[[Path], list[str]], what: str, run: Runner) -> en
 
 def prepare(plan: Plan, machine: Machine, env: Mapping[str, str], run: Runner = run_command) -> dict[str, str]:
     """Build what ``plan`` needs into the cache; return the environment for ``dgae serve``."""
+    cache = Path(env.get(ENV_CACHE) or DEFAULT_CACHE)
     out = {ENV_CHECKPOINT: plan.checkpoint, ENV_BACKEND: plan.backend, ENV_DEVICE: plan.device,
-           ENV_PRECISION: plan.precision}
+           ENV_PRECISION: plan.precision,
+           # the service's own export cache (backend=auto) lives on the same volume
+           engine_cache.CACHE_ENV: env.get(engine_cache.CACHE_ENV) or str(cache)}
     if plan.kernels:
         out[ENV_KERNELS] = plan.kernels
     if not plan.build_onnx:
         return out
-    cache = Path(env.get(ENV_CACHE) or DEFAULT_CACHE)
     dgae = [sys.executable, "-m", "cli", "export"]
     onnx_args = shlex.split(env.get(ENV_ONNX_ARGS, ""))
     if plan.backend == "onnxruntime" and plan.precision == "fp16":

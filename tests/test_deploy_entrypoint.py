@@ -30,10 +30,15 @@ SHA_A, SHA_B = "a" * 64, "b" * 64
 
 
 # --- backend choice ---------------------------------------------------------------------------
-def test_no_gpu_serves_the_cpu_backend_without_building():
+def test_no_gpu_leaves_the_cpu_runtime_to_the_services_auto_backend(tmp_path):
     plan = decide({}, CPU, "/w/model.safetensors", SHA_A)
-    assert (plan.backend, plan.device, plan.precision) == ("torch", "cpu", "fp32")
+    assert (plan.backend, plan.device, plan.precision) == ("auto", "cpu", "fp32")
     assert not plan.build_onnx and not plan.build_engine
+    cache = tmp_path / "volume"
+    served = prepare(plan, CPU, {"DGAE_ENGINE_CACHE": str(cache)}, FakeExport())
+    assert served["DGAE_BACKEND"] == "auto" and served["DGAE_CACHE_DIR"] == str(cache)  # its export cache: the volume
+    mine = prepare(plan, CPU, {"DGAE_ENGINE_CACHE": str(cache), "DGAE_CACHE_DIR": "/elsewhere"}, FakeExport())
+    assert mine["DGAE_CACHE_DIR"] == "/elsewhere"
 
 
 def test_gpu_with_tensorrt_builds_engines_in_fp16():
@@ -52,7 +57,8 @@ def test_gpu_without_tensorrt_uses_torch_and_reference_kernels_without_a_compile
 def test_explicit_settings_win():
     plan = decide({"DGAE_BACKEND": "onnxruntime", "DGAE_PRECISION": "fp32"}, L4, "/m", SHA_A)
     assert (plan.backend, plan.precision, plan.build_onnx, plan.build_engine) == ("onnxruntime", "fp32", True, False)
-    assert decide({"DGAE_DEVICE": "cpu"}, L4, "/m", SHA_A).backend == "torch"
+    assert decide({"DGAE_DEVICE": "cpu"}, L4, "/m", SHA_A).backend == "auto"
+    assert decide({"DGAE_BACKEND": "torch"}, CPU, "/m", SHA_A).backend == "torch"
 
 
 @pytest.mark.parametrize("env, message", [
@@ -209,7 +215,7 @@ def test_plan_names_the_checkpoint_and_a_missing_one_is_a_one_line_error(tiny_ch
     assert entrypoint.main(["plan"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["checkpoint"] == str(Path(tiny_checkpoint).resolve()) and len(plan["checkpoint_sha256"]) == 64
-    assert (plan["backend"], plan["device"]) == ("torch", "cpu")
+    assert (plan["backend"], plan["device"]) == ("auto", "cpu")
     monkeypatch.setenv("DGAE_CHECKPOINT", str(tmp_path / "nope.safetensors"))
     assert entrypoint.main(["plan"]) == entrypoint.EXIT_USER_ERROR
     assert "checkpoint not found" in caplog.text
@@ -236,7 +242,8 @@ def test_script_serves_on_cpu_outside_docker(which, tiny_checkpoint, tmp_path, m
         monkeypatch.setenv("DGAE_PORT", str(port))
         assert healthcheck.main() == healthcheck.EXIT_HEALTHY
         model = httpx.get(f"http://127.0.0.1:{port}/v1/model", timeout=30).json()
-        assert "torch" in json.dumps(model) and "cpu" in json.dumps(model)
+        assert (model["backend"], model["device"]) == ("onnxruntime", "cpu"), model  # the fastest CPU runtime
+        assert model["backend_reason"].startswith("backend=auto chose onnxruntime-cpu"), model
         resp = httpx.post(f"http://127.0.0.1:{port}/encode", content=png(32, 32),
                           headers={"Content-Type": "image/png"}, timeout=120)
         assert resp.status_code == 200, resp.text
@@ -246,7 +253,7 @@ def test_script_serves_on_cpu_outside_docker(which, tiny_checkpoint, tmp_path, m
         code = stop(proc)
     assert code == 0, f"entrypoint did not exit cleanly on SIGTERM ({code})"
     log = (tmp_path / "entrypoint.log").read_text()
-    assert "plan: backend=torch device=cpu" in log
+    assert "plan: backend=auto device=cpu" in log
 
 
 def test_precision_reaches_the_right_export_step(tmp_path):
