@@ -20,8 +20,7 @@ import torch
 from tqdm import tqdm
 
 from backends.base import Backend
-from backends.factory import create_backend
-from dgae.checkpoint import read_config, resolve_checkpoint
+from dgae.checkpoint import read_config
 from dgae.datasets import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, LatentDataset, dumps, key_seed, pack_tar, \
     sample_key
 from dgae.errors import InputError
@@ -29,6 +28,7 @@ from dgae.hashing import file_sha256
 from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size, to_uint8
 from dgae.latents_io import fit_infos, load_latents
 
+from .runtime import RuntimeOptions
 from .shards import ShardedOutput, ShardResult, ShardTask, plan_shards
 from .sources import Item, items_digest
 
@@ -43,14 +43,9 @@ ITEM_SEPARATOR = "#"  # source id of latent i of a multi-latent file: "<relative
 
 
 @dataclass(frozen=True)
-class DecodeOptions:
+class DecodeOptions(RuntimeOptions):
     src: str
     out: str
-    checkpoint: str | None = None
-    backend: str = "torch"
-    device: str = "cpu"
-    precision: str = "fp32"
-    backend_options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
     seed: int = 0
     output_format: str = "wds"
@@ -173,15 +168,15 @@ class DecodeContext:
 
 def run_decode(opts: DecodeOptions, backend: Backend | None = None) -> dict[str, Any]:
     opts.validate()
-    checkpoint = resolve_checkpoint(opts.checkpoint)
+    checkpoint = opts.checkpoint_path()
     config = backend.config if backend is not None else read_config(checkpoint)
     sha = (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(checkpoint)
     items = list_latents(opts.src)
     tasks = plan_shards(items, opts.shard_size)
     shard_format = "wds" if opts.output_format == "wds" else None
     plan = {"kind": "images", "format_version": FORMAT_VERSION, "inputs": len(items),
-            "inputs_sha256": items_digest(items), "checkpoint_sha256": sha, "backend": opts.backend,
-            "precision": opts.precision, "device": opts.device, "steps": opts.steps, "seed": opts.seed,
+            "inputs_sha256": items_digest(items), "checkpoint_sha256": sha, **opts.runtime_record(),
+            "steps": opts.steps, "seed": opts.seed,
             "output_format": opts.output_format, "image_format": opts.image_format, "shard_size": opts.shard_size,
             "batch_size": opts.batch_size, "tile": opts.tile, "manifest_format": opts.manifest_format}
     out = ShardedOutput(opts.out, plan, shard_format)
@@ -191,8 +186,7 @@ def run_decode(opts: DecodeOptions, backend: Backend | None = None) -> dict[str,
              len(pending), len(tasks) - len(pending))
     if pending:
         if backend is None:
-            backend = create_backend(opts.backend, checkpoint, device=opts.device, precision=opts.precision,
-                                     **opts.backend_options)
+            backend = opts.create_backend()
         ctx = DecodeContext(backend, opts)
         done = sum(len(t.items) for t in tasks) - sum(len(t.items) for t in pending)
         with tqdm(total=len(items), initial=done, unit="img", desc="decode", disable=not opts.progress) as bar:

@@ -22,8 +22,7 @@ import torch
 from tqdm import tqdm
 
 from backends.base import Backend
-from backends.factory import create_backend
-from dgae.checkpoint import read_config, resolve_checkpoint
+from dgae.checkpoint import read_config
 from dgae.config import DGAEConfig
 from dgae.datasets import (FLIP_SUFFIX, FORMAT_VERSION, LOGVAR, MANIFEST_FORMATS, MEAN, SHARD_FORMATS, STORE_MODES,
                            SampleOut, key_seed, shard_bytes, stored_fields)
@@ -33,6 +32,7 @@ from dgae.imageio import to_tensor
 from dgae.latents_io import LATENTS_KEY, encode_metadata
 from dgae.precision import PRECISIONS
 
+from .runtime import RuntimeOptions
 from .preprocess import Prepared, Preprocess, prepare_item
 from .shards import PLAN_FILE, ShardedOutput, ShardResult, ShardTask, plan_shards, rank_tasks
 from .sources import Item, items_digest, list_source
@@ -49,14 +49,9 @@ PLAN_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
-class EncodeOptions:
+class EncodeOptions(RuntimeOptions):
     src: str
     out: str
-    checkpoint: str | None = None
-    backend: str = "torch"
-    device: str = "cpu"
-    precision: str = "fp32"
-    backend_options: dict[str, Any] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
     store: str = "mean"
     seed: int = 0
@@ -197,11 +192,9 @@ def apply_threads(threads: int) -> None:
 def make_context(opts: EncodeOptions, device: str | None = None, backend: Backend | None = None,
                  threads: int | None = None) -> EncodeContext:
     apply_threads(opts.threads if threads is None else threads)
-    checkpoint = resolve_checkpoint(opts.checkpoint)
     if backend is None:
-        backend = create_backend(opts.backend, checkpoint, device=device or opts.device, precision=opts.precision,
-                                 **opts.backend_options)
-    sha = backend.checkpoint_sha256 or file_sha256(checkpoint)
+        backend = opts.create_backend(device)
+    sha = backend.checkpoint_sha256 or file_sha256(opts.checkpoint_path())
     return EncodeContext(backend, backend.config, sha, opts)
 
 
@@ -239,8 +232,7 @@ def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: 
 def plan_header(opts: EncodeOptions, items: list[Item], config: DGAEConfig, sha: str) -> dict[str, Any]:
     """What pins a run's bytes: a resumed run must match it exactly."""
     return {"kind": "latents", "format_version": FORMAT_VERSION, "inputs": len(items), "inputs_sha256": items_digest(items),
-            "checkpoint_sha256": sha, "model": config.name, "backend": opts.backend, "precision": opts.precision,
-            "device": opts.device, "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
+            "checkpoint_sha256": sha, "model": config.name, **opts.runtime_record(), "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
             "seed": opts.seed if opts.store == "sample" else None, "dtype": opts.dtype,
             "shard_format": opts.shard_format, "shard_size": opts.shard_size, "batch_size": opts.batch_size,
             "tile": opts.tile, "manifest_format": opts.manifest_format}
@@ -255,7 +247,7 @@ def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) 
             "fields": list(stored_fields(opts.store, opts.preprocess.flip)), "dtype": opts.dtype,
             "seed": opts.seed if opts.store == "sample" else None, "shard_format": opts.shard_format,
             "shard_size": opts.shard_size, "batch_size": opts.batch_size, "tile": opts.tile,
-            "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}
+            "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}  # named, as the service's /v1/model
 
 
 def wait_for_plan(out: ShardedOutput, timeout_s: float) -> None:
@@ -270,7 +262,7 @@ def run_encode(opts: EncodeOptions, backend: Backend | None = None) -> dict[str,
     """Encode SRC into OUT (resuming what is there); returns dataset.json's content (rank 0)."""
     opts.validate()
     rank, world, local_rank = distributed_rank()
-    checkpoint = resolve_checkpoint(opts.checkpoint)
+    checkpoint = opts.checkpoint_path()
     config = backend.config if backend is not None else read_config(checkpoint)
     sha = (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(checkpoint)
     items = list_source(opts.src, opts.folder_labels)
