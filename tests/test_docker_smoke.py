@@ -166,11 +166,21 @@ def test_audit_cli_reads_the_tar_from_stdin(cas, tmp_path):
 
 # --- the client: compare (against two fake services) -------------------------------------------
 class FakeService(http.server.BaseHTTPRequestHandler):
-    """/encode -> fixed latents, /decode -> a fixed PNG plus `offset` levels."""
+    """/encode -> fixed latents, /decode -> a fixed PNG plus `offset` levels, /v1/model -> `backend`."""
 
     offset = 0
     latent_offset = 0.0
+    backend = "onnxruntime"
     size = (24, 16)
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"backend": self.backend, "device": "cpu",
+                           "backend_reason": f"backend=auto chose {self.backend}-cpu"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:  # noqa: N802
         from safetensors.numpy import save as st_save
@@ -198,8 +208,9 @@ class FakeService(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_pair():
     servers = []
-    for offset, latent_offset in ((0, 0.0), (0, 0.0), (2, 0.0), (0, 1e-3)):
-        handler = type("H", (FakeService,), {"offset": offset, "latent_offset": latent_offset})
+    for offset, latent_offset, backend in ((0, 0.0, "onnxruntime"), (0, 0.0, "onnxruntime"), (2, 0.0, "onnxruntime"),
+                                           (0, 1e-3, "onnxruntime"), (0, 0.0, "torch")):
+        handler = type("H", (FakeService,), {"offset": offset, "latent_offset": latent_offset, "backend": backend})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -208,12 +219,15 @@ def fake_pair():
         s.shutdown()
 
 
-def test_compare_accepts_equal_and_rejects_two_levels(fake_pair, tmp_path):
+def test_compare_accepts_equal_and_rejects_two_levels_or_another_runtime(fake_pair, tmp_path):
     photo = tmp_path / "photo.png"
     Image.new("RGB", FakeService.size, (10, 20, 30)).save(photo)
-    same, also_same, off_by_two, other_latents = fake_pair
+    same, also_same, off_by_two, other_latents, torch_served = fake_pair
     result = sc.compare(same, also_same, photo, 5, tmp_path / "out")
     assert result["image_max_level_diff"] == 0 and result["latent_max_abs_diff"] == 0
+    assert result["runtimes"]["balancer"]["backend"] == "onnxruntime" and "onnxruntime" in result["summary"]
+    with pytest.raises(sc.CheckFailed, match="the container serves with .*onnxruntime.* with .*torch"):
+        sc.compare(same, torch_served, photo, 5, tmp_path / "out")
     assert (tmp_path / "out" / "balancer.png").is_file()
     with pytest.raises(sc.CheckFailed, match="images differ"):
         sc.compare(same, off_by_two, photo, 5, tmp_path / "out")

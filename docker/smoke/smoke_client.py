@@ -150,6 +150,12 @@ def encode_decode(client: httpx.Client, url: str, png: bytes, seed: int) -> tupl
     return enc.content, dec.content, headers
 
 
+def runtime_of(client: httpx.Client, url: str) -> dict:
+    """Which runtime serves at ``url`` and why (``/v1/model``)."""
+    model = expect_ok(client.get(f"{url}/v1/model"), f"GET {url}/v1/model").json()
+    return {"backend": model["backend"], "device": model["device"], "reason": model["backend_reason"]}
+
+
 def compare(balancer: str, local: str, photo_path: Path, seed: int, out: Path) -> dict:
     photo = load_photo(photo_path)
     png = image_bytes(photo, "PNG")
@@ -161,9 +167,13 @@ def compare(balancer: str, local: str, photo_path: Path, seed: int, out: Path) -
         t0 = time.monotonic()
         local_latents, local_image, local_headers = encode_decode(client, local, png, seed)
         local_s = time.monotonic() - t0
+        runtimes = {name: runtime_of(client, url) for name, url in (("balancer", balancer), ("local", local))}
     for name, body in (("balancer_latents.safetensors", lb_latents), ("balancer.png", lb_image),
                        ("local_latents.safetensors", local_latents), ("local.png", local_image)):
         (out / name).write_bytes(body)
+    if runtimes["balancer"]["backend"] != runtimes["local"]["backend"]:
+        raise CheckFailed(f"the container serves with {runtimes['balancer']}, a local `dgae serve` on this machine "
+                          f"with {runtimes['local']}: both use DGAE_BACKEND=auto")
     if lb_headers != local_headers:
         raise CheckFailed(f"response headers differ: balancer {lb_headers} vs local {local_headers}")
     if lb_headers["x-dgae-seeds"] != str(seed):
@@ -182,11 +192,12 @@ def compare(balancer: str, local: str, photo_path: Path, seed: int, out: Path) -
         "latent_shape": list(za.shape), "latent_max_abs_diff": latent_diff,
         "latent_bound": latent_bound, "image_max_level_diff": level_diff,
         "image_values_differing": int((a != b).sum()), "image_values": int(a.size),
-        "headers": lb_headers, "balancer_s": round(lb_s, 2), "local_s": round(local_s, 2),
+        "headers": lb_headers, "runtimes": runtimes, "balancer_s": round(lb_s, 2), "local_s": round(local_s, 2),
         "summary": (f"{photo_path.name} {photo.width}x{photo.height}, seed {seed}, {lb_headers['x-dgae-steps']} steps: "
                     f"latents max |diff| {latent_diff:.3g} (<= {latent_bound:.3g}), decoded image max diff "
                     f"{level_diff} 8-bit level(s) (<= {IMAGE_TOLERANCE_LEVELS}; {int((a != b).sum())} of {a.size} values "
-                    f"differ); balancer {lb_s:.1f} s, local {local_s:.1f} s"),
+                    f"differ); balancer {lb_s:.1f} s, local {local_s:.1f} s; both served by "
+                    f"{runtimes['balancer']['backend']} ({runtimes['balancer']['reason']})"),
     }
     if latent_diff > latent_bound:
         raise CheckFailed(result["summary"] + ": latents differ")
