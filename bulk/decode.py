@@ -24,7 +24,6 @@ from dgae.checkpoint import read_config
 from dgae.datasets import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, LatentDataset, dumps, key_seed, pack_tar, \
     sample_key
 from dgae.errors import InputError
-from dgae.hashing import file_sha256
 from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size, to_uint8
 from dgae.latents_io import fit_infos, load_latents
 
@@ -168,9 +167,8 @@ class DecodeContext:
 
 def run_decode(opts: DecodeOptions, backend: Backend | None = None) -> dict[str, Any]:
     opts.validate()
-    checkpoint = opts.checkpoint_path()
-    config = backend.config if backend is not None else read_config(checkpoint)
-    sha = (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(checkpoint)
+    config = backend.config if backend is not None else read_config(opts.checkpoint_path())
+    sha = opts.checkpoint_sha256(backend)
     items = list_latents(opts.src)
     tasks = plan_shards(items, opts.shard_size)
     shard_format = "wds" if opts.output_format == "wds" else None

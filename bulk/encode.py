@@ -27,7 +27,6 @@ from dgae.config import DGAEConfig
 from dgae.datasets import (FLIP_SUFFIX, FORMAT_VERSION, LOGVAR, MANIFEST_FORMATS, MEAN, SHARD_FORMATS, STORE_MODES,
                            SampleOut, key_seed, shard_bytes, stored_fields)
 from dgae.errors import InputError
-from dgae.hashing import file_sha256
 from dgae.imageio import to_tensor
 from dgae.latents_io import LATENTS_KEY, encode_metadata
 from dgae.precision import PRECISIONS
@@ -194,7 +193,7 @@ def make_context(opts: EncodeOptions, device: str | None = None, backend: Backen
     apply_threads(opts.threads if threads is None else threads)
     if backend is None:
         backend = opts.create_backend(device)
-    sha = backend.checkpoint_sha256 or file_sha256(opts.checkpoint_path())
+    sha = opts.checkpoint_sha256(backend)
     return EncodeContext(backend, backend.config, sha, opts)
 
 
@@ -232,7 +231,8 @@ def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: 
 def plan_header(opts: EncodeOptions, items: list[Item], config: DGAEConfig, sha: str) -> dict[str, Any]:
     """What pins a run's bytes: a resumed run must match it exactly."""
     return {"kind": "latents", "format_version": FORMAT_VERSION, "inputs": len(items), "inputs_sha256": items_digest(items),
-            "checkpoint_sha256": sha, "model": config.name, **opts.runtime_record(), "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
+            "checkpoint_sha256": sha, "model": config.name, **opts.runtime_record(),
+            "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
             "seed": opts.seed if opts.store == "sample" else None, "dtype": opts.dtype,
             "shard_format": opts.shard_format, "shard_size": opts.shard_size, "batch_size": opts.batch_size,
             "tile": opts.tile, "manifest_format": opts.manifest_format}
@@ -247,7 +247,7 @@ def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) 
             "fields": list(stored_fields(opts.store, opts.preprocess.flip)), "dtype": opts.dtype,
             "seed": opts.seed if opts.store == "sample" else None, "shard_format": opts.shard_format,
             "shard_size": opts.shard_size, "batch_size": opts.batch_size, "tile": opts.tile,
-            "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}  # named, as the service's /v1/model
+            "backend": {"name": opts.backend, "precision": opts.precision, "device": opts.device}}
 
 
 def wait_for_plan(out: ShardedOutput, timeout_s: float) -> None:
@@ -262,9 +262,8 @@ def run_encode(opts: EncodeOptions, backend: Backend | None = None) -> dict[str,
     """Encode SRC into OUT (resuming what is there); returns dataset.json's content (rank 0)."""
     opts.validate()
     rank, world, local_rank = distributed_rank()
-    checkpoint = opts.checkpoint_path()
-    config = backend.config if backend is not None else read_config(checkpoint)
-    sha = (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(checkpoint)
+    config = backend.config if backend is not None else read_config(opts.checkpoint_path())
+    sha = opts.checkpoint_sha256(backend)
     items = list_source(opts.src, opts.folder_labels)
     tasks = plan_shards(items, opts.shard_size)
     out = ShardedOutput(opts.out, plan_header(opts, items, config, sha), opts.shard_format)

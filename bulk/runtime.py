@@ -14,6 +14,7 @@ from typing import Any
 from backends.base import Backend
 from backends.factory import create_backend
 from dgae.checkpoint import resolve_checkpoint
+from dgae.hashing import file_sha256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,10 @@ class RuntimeOptions:
         """The backend these options name, on ``device`` (a rank's GPU) or the options' own."""
         return create_backend(self.backend, self.checkpoint_path(), device=device or self.device,
                               precision=self.precision, **self.backend_options)
+
+    def checkpoint_sha256(self, backend: Backend | None = None) -> str:
+        """The checkpoint's sha256: the backend's record of it when it has one, else hashed from the file."""
+        return (backend.checkpoint_sha256 if backend is not None else "") or file_sha256(self.checkpoint_path())
 
     def runtime_record(self) -> dict[str, str]:
         """The runtime as the plan headers and manifests record it."""
