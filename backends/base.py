@@ -1,10 +1,12 @@
 """The backend interface between callers (CLI, service, benchmarks) and a runtime, and the one
 orchestration every runtime shares.
 
-HTTP code never touches model internals: it calls ``encode(images, mode, seeds)`` and
-``decode(latents, steps, seeds)`` on a :class:`Backend`. Those are implemented here, once: input
-checks, seeds, splitting above the runtime's batch limit, and the shared sequence of
-:mod:`dgae.pipeline` (latent scaling, sample plan, padding, noise buffer, Euler/Heun loop, crop).
+Callers hand a checked :class:`~dgae.request.EncodeRequest` / :class:`~dgae.request.DecodeRequest`
+to :meth:`Backend.run_encode` / :meth:`Backend.run_decode` (the service does), or call
+``encode(images, mode, seeds)`` / ``decode(latents, steps, seeds)``, which build that request
+(the one place input is checked) and run it. Implemented here, once: splitting above the
+runtime's batch limit and the shared sequence of :mod:`dgae.pipeline` (latent scaling, padding,
+noise buffer, Euler/Heun loop, crop).
 A runtime supplies only its primitives:
 
 - :meth:`Backend.encoder_moments` ``(images) -> (mean, logvar)`` on the runtime's device;
@@ -24,8 +26,8 @@ import torch
 
 from dgae import pipeline
 from dgae.config import DGAEConfig
-from dgae.sampler import SamplePlan, resolve_seeds, run_sampler
-from dgae.tiling import check_tile_mode
+from dgae.request import DecodeRequest, EncodeRequest, Seeds, check_images, choice, TILE_MODES
+from dgae.sampler import SamplePlan, run_sampler
 
 CPU_TILE_BATCH = 1
 GPU_TILE_BATCH = 8
@@ -96,24 +98,36 @@ class Backend(abc.ABC):
         cap = GPU_TILE_BATCH if self.device.type == "cuda" else CPU_TILE_BATCH
         return min(cap, self.max_batch_size) if self.max_batch_size else cap
 
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, mode: str = "mean",
-               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
+    def encode(self, images: torch.Tensor, mode: str = "mean", seeds: Seeds = None,
+               tile: str = "auto") -> torch.Tensor:
         """Images larger than the config's encode tile are encoded tiled (``tile="off"``: never)."""
-        pipeline.check_images(self.config, images)  # before the device copy: a clear error, not a CUDA one
-        pipeline.check_mode(mode)
-        check_tile_mode(tile)
-        seeds = resolve_seeds(seeds, len(images)) if mode == "sample" else None
-        return _cat([pipeline.encode(self.config, self._moments, images[sl], mode, seeds and seeds[sl], tile,
-                                     self.tile_batch).cpu()
-                     for sl in self.chunks(len(images))])
+        return self.run_encode(EncodeRequest.resolve(self.config, images, mode, seeds, tile))
+
+    def decode(self, latents: torch.Tensor, steps: int | None = None, seeds: Seeds = None,
+               tile: str = "auto") -> torch.Tensor:
+        """Images larger than the config's decode tile are decoded tiled (``tile="off"``: never)."""
+        return self.run_decode(DecodeRequest.resolve(self.config, latents, steps, seeds, tile))
+
+    @torch.no_grad()
+    def run_encode(self, req: EncodeRequest) -> torch.Tensor:
+        """A checked request -> public latents [N, c, H/f, W/f] float on the CPU."""
+        return _cat([pipeline.encode(self.config, self._moments, req.split(sl), self.tile_batch).cpu()
+                     for sl in self.chunks(req.n)])
+
+    @torch.no_grad()
+    def run_decode(self, req: DecodeRequest) -> torch.Tensor:
+        """A checked request -> images float [N, 3, h*f, w*f] in [-1, 1] on the CPU."""
+        return _cat([pipeline.decode(self.config, self.denoise, req.split(sl), sample=self._sample,
+                                     state_dtype=self.state_dtype, tile_batch=self.tile_batch,
+                                     device=self.device).float().cpu()
+                     for sl in self.chunks(req.n)])
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor, tile: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """The raw posterior (mean, logvar) [N, c, H/f, W/f], float32 on the CPU (what ``encode``
         scales or samples from, tiled alike; bulk encoding stores it so training can resample)."""
-        pipeline.check_images(self.config, images)
-        check_tile_mode(tile)
+        check_images(self.config, images)
+        choice("tile", tile, TILE_MODES)
         parts = [pipeline.encode_moments(self.config, self._moments, images[sl], tile, self.tile_batch)
                  for sl in self.chunks(len(images))]
         return _cat([m.cpu() for m, _ in parts]), _cat([lv.cpu() for _, lv in parts])
@@ -121,18 +135,6 @@ class Backend(abc.ABC):
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder_moments(x.to(self.device, self.dtype))
         return mean.float(), logvar.float()
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, steps: int | None = None,
-               seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
-        """Images larger than the config's decode tile are decoded tiled (``tile="off"``: never)."""
-        pipeline.check_latents(self.config, latents)
-        check_tile_mode(tile)
-        seeds = resolve_seeds(seeds, len(latents))
-        return _cat([pipeline.decode(self.config, self.denoise, latents[sl].to(self.device, torch.float32),
-                                     steps, seeds[sl], sample=self._sample, state_dtype=self.state_dtype,
-                                     tile=tile, tile_batch=self.tile_batch).float().cpu()
-                     for sl in self.chunks(len(latents))])
 
     def _sample(self, buf: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
         out = self.fast_sample(buf, plan)

@@ -37,7 +37,7 @@ from dgae import pipeline
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.errors import BackendError, InputError, TooLargeError
 from dgae.sampler import SamplePlan, pad_latents
-from dgae.tiling import check_tile_mode
+from dgae.request import DecodeRequest, EncodeRequest
 
 from .base import Backend, BackendInfo
 
@@ -269,25 +269,23 @@ class TensorRTBackend(Backend):
                             "refused (rebuild with --max-size %d to tile them)", self.profiles[graph], tile, op, op,
                             tile)
 
-    # --- request checks: before any engine runs, so user input never meets an engine error -------
-    def encode(self, images: torch.Tensor, mode: str = "mean", seeds=None, tile: str = "auto") -> torch.Tensor:
-        pipeline.check_images(self.config, images)
-        h, w = images.shape[-2:]
-        grid = pipeline.encode_grid(self.config, h, w, check_tile_mode(tile))
+    # --- profile fit: before any engine runs, so a checked request never meets an engine error -----
+    def run_encode(self, req: EncodeRequest) -> torch.Tensor:
+        h, w = req.images.shape[-2:]
+        grid = pipeline.encode_grid(self.config, h, w, req.tile)
         tile_shape = None if grid is None else (grid.tile_h * self.config.downsample_factor,
                                                 grid.tile_w * self.config.downsample_factor)
-        tile = runnable_tile_mode(self.profiles[mf.ENCODER], ENCODE, (h, w), tile_shape, tile,
+        tile = runnable_tile_mode(self.profiles[mf.ENCODER], ENCODE, (h, w), tile_shape, req.tile,
                                   self.config.tiling.encode_tile)
-        return super().encode(images, mode, seeds, tile)
+        return super().run_encode(req.with_tile(tile))
 
-    def decode(self, latents: torch.Tensor, steps: int | None = None, seeds=None, tile: str = "auto") -> torch.Tensor:
-        pipeline.check_latents(self.config, latents)
-        h, w = decode_input_size(self.config, latents.shape[-2:])
-        grid = pipeline.decode_grid(self.config, h, w, check_tile_mode(tile))
+    def run_decode(self, req: DecodeRequest) -> torch.Tensor:
+        h, w = decode_input_size(self.config, req.latents.shape[-2:])
+        grid = pipeline.decode_grid(self.config, h, w, req.tile)
         tile_shape = None if grid is None else (grid.tile_h, grid.tile_w)
-        tile = runnable_tile_mode(self.profiles[mf.DENOISER], DECODE, (h, w), tile_shape, tile,
+        tile = runnable_tile_mode(self.profiles[mf.DENOISER], DECODE, (h, w), tile_shape, req.tile,
                                   self.config.tiling.decode_tile)
-        return super().decode(latents, steps, seeds, tile)
+        return super().run_decode(req.with_tile(tile))
 
     def warmup_side(self) -> int:
         """The smallest square every engine's profile accepts (a multiple of the model's size multiple)."""

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a DGAE model (torchrun for multi-GPU)"),
     "eval": ("evaluation.evaluate", "evaluate reconstructions vs steps and the thumbnail baseline"),
     "export": ("export.cli", "export to ONNX / build TensorRT engines"),
-    "serve": ("service.cli", "run the HTTP service"),
+    "serve": ("cli.commands.serve", "run the HTTP service"),
     "bench": ("benchmarks.cli", "run throughput / load / anchor benchmarks"),
 }
 EXIT_USER_ERROR = 2

@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 
-DEFAULT_PORT = 8000  # service.settings.ServiceSettings.port default
+DEFAULT_PORT = 8000  # service.core.settings.ServiceSettings.port default
 TIMEOUT_S = 5.0
 HTTP_OK = 200
 EXIT_HEALTHY, EXIT_UNHEALTHY = 0, 1

@@ -18,7 +18,8 @@ from . import pipeline
 from .config import DGAEConfig
 from .decoder import Decoder
 from .encoder import Encoder
-from .pipeline import EncodeMode, Sample
+from .pipeline import Sample
+from .request import DecodeRequest, EncodeMode, EncodeRequest
 
 
 class DGAE(nn.Module):
@@ -32,15 +33,15 @@ class DGAE(nn.Module):
     def encode(self, images: torch.Tensor, mode: EncodeMode = "mean",
                seeds: int | Sequence[int] | None = None, tile: str = "auto") -> torch.Tensor:
         """images [N, 3, H, W] in [-1, 1] -> public latents [N, c, H/f, W/f]."""
-        return pipeline.encode(self.config, self.encoder, images, mode, seeds, tile)
+        return pipeline.encode(self.config, self.encoder, EncodeRequest.resolve(self.config, images, mode, seeds, tile))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, steps: int | None = None,
                seeds: int | Sequence[int] | None = None, solver: str | None = None,
                sample: Sample | None = None, tile: str = "auto") -> torch.Tensor:
         """public latents [N, c, h, w] -> images [N, 3, h*f, w*f] in [-1, 1]."""
-        return pipeline.decode(self.config, self.decoder.forward_buffer, latents, steps, seeds, solver, sample,
-                               tile=tile)
+        req = DecodeRequest.resolve(self.config, latents, steps, seeds, tile, solver)
+        return pipeline.decode(self.config, self.decoder.forward_buffer, req, sample)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - convenience
         return self.decode(self.encode(images), seeds=0)

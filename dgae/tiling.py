@@ -21,18 +21,10 @@ import numpy as np
 import torch
 
 from .config import IMAGE_CHANNELS
-from .errors import InputError
 
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-TILE_MODES = ("auto", "off")
 GRID_CACHE_SIZE = 64  # distinct (size, tile, overlap) grids kept
-
-
-def check_tile_mode(mode: str) -> str:
-    if mode not in TILE_MODES:
-        raise InputError(f"tile must be one of {', '.join(TILE_MODES)}, got {mode!r}")
-    return mode
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

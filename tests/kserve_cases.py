@@ -166,7 +166,7 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
         BadV2("seeds input of the wrong length", dec,
               _json({"inputs": [lat, json_tensor("seeds", np.array([1, 2]), "INT64")]}), "one per latent"),
         BadV2("negative seeds input", dec, _json({"inputs": [lat, json_tensor("seeds", np.array([-3]), "INT64")]}),
-              "out of range"),
+              "seed must be an integer in [0, 2**63)"),
         BadV2("unknown requested output", dec, _json({"inputs": [lat], "outputs": [{"name": "pixels"}]}),
               "no output 'pixels'"),
         BadV2("binary_data not a boolean", dec, _json({"inputs": [lat], "outputs": [{"name": "images", "parameters": {

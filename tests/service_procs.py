@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def serve_unavailable() -> str | None:
     """Why `dgae serve` cannot run here, or None when it can."""
-    for module in ("service.cli", "uvicorn", "fastapi"):
+    for module in ("cli.commands.serve", "uvicorn", "fastapi"):
         if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
             return f"`dgae serve` is unavailable: module {module} is missing (service branch not merged?)"
     return None

@@ -12,10 +12,10 @@ import torch
 
 from dgae.errors import TooLargeError
 from dgae.imageio import image_size
-from service.admission import Admission, PixelBudget
-from service.errors import BudgetFull
-from service.metrics import ServiceMetrics
-from service.settings import ServiceSettings
+from service.core.admission import Admission, PixelBudget
+from service.core.errors import BudgetFull
+from service.core.metrics import ServiceMetrics
+from service.core.settings import ServiceSettings
 from service_cases import AUTH, C, F, latents, png, st_bytes
 from test_service_app import (assert_json_error, make_client,
                               wait_ready, Wrapped)
@@ -96,7 +96,7 @@ def _gauge(text: str, name: str, operation: str) -> float:
 
 def test_images_over_the_request_limit_are_refused_before_any_pixel_is_decoded(tiny_checkpoint, monkeypatch):
     decoded = []
-    import service.codecs as codecs  # noqa: PLC0415
+    import service.core.codecs as codecs  # noqa: PLC0415
 
     monkeypatch.setattr(codecs, "decode_image", lambda *a, **k: decoded.append(a) or pytest.fail("decoded"))
     with make_client(checkpoint=str(tiny_checkpoint), max_pixels=64 * 64, max_request_pixels=3 * 64 * 64) as c:
@@ -158,7 +158,7 @@ def test_reservations_are_released_however_the_request_ends(tiny_checkpoint):
         wait_ready(c)
         hdr = {**AUTH, "Content-Type": "image/png"}
         assert c.post("/encode?format=json", content=png(128, 128), headers=hdr).status_code == 422  # after admit
-        assert c.post("/decode?seed=1,2,3", content=st_bytes(latents()), headers=AUTH).status_code == 422
+        assert c.post("/decode?seed=1,2,3", content=st_bytes(latents()), headers=AUTH).status_code == 400  # before admit
         assert c.post("/encode", content=png(SMALL * F, SMALL * F), headers=hdr).status_code == 200
         assert c.post("/decode", content=st_bytes(latents(1, SMALL, SMALL)), headers=AUTH).status_code == 200
         text = c.get("/metrics").text

@@ -50,7 +50,7 @@ def test_auto_passes_torch_only_options_to_torch_candidates_only(tiny_checkpoint
 
 
 def test_service_refuses_cuda_graph_on_cpu_in_one_line():
-    from service.cli import build_settings
+    from cli.commands.serve import build_settings
     from cli.main import build_parser
 
     for argv, needle in ((["serve", "--cuda-graph"], "cuda_graph=true needs device cuda[:N], got device 'cpu'"),
@@ -65,14 +65,15 @@ def test_service_refuses_cuda_graph_on_cpu_in_one_line():
 
 def test_cuda_graph_setting_reaches_the_backend(monkeypatch, tiny_checkpoint):
     from backends import factory
-    from service.settings import ServiceSettings
-    from service.state import ServiceState
+    from service.core.settings import ServiceSettings
+    from service.core import lifecycle
+    from service.core.engine import Engine
 
     got = {}
     monkeypatch.setattr(factory, "create_backend", lambda kind, ckpt, **kw: got.update(kind=kind, **kw) or "b")
-    state = ServiceState(ServiceSettings(checkpoint=str(tiny_checkpoint), backend="torch", device="cuda",
+    state = Engine(ServiceSettings(checkpoint=str(tiny_checkpoint), backend="torch", device="cuda",
                                          cuda_graph=True, compile=True))
-    assert state._create_backend() == "b"
+    assert lifecycle._create_backend(state) == "b"
     assert got["kind"] == "torch" and got["cuda_graph"] is True and got["compile"] is True and got["device"] == "cuda"
 
 

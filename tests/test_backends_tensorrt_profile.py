@@ -20,8 +20,8 @@ from dgae.config import TilingConfig
 from dgae.errors import BackendError, InputError, TooLargeError
 from export import manifest as mf
 from service.app import create_app
-from service.errors import status_of
-from service.settings import ServiceSettings
+from service.core.errors import status_of
+from service.core.settings import ServiceSettings
 
 from service_cases import AUTH, API_KEY, latents, st_bytes
 

@@ -15,7 +15,7 @@ from backends import factory
 from backends.torch_backend import TorchBackend
 from dgae.imageio import to_uint8
 from service.app import create_app
-from service.settings import ServiceSettings
+from service.core.settings import ServiceSettings
 from service_cases import npy_bytes
 from tests.export_fixtures import EXPORT_TIMEOUT_S, tiny_export
 

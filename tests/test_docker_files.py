@@ -122,7 +122,7 @@ def test_balancer_and_replicas_share_the_body_limit(tmp_path):
 
 
 def test_compose_defaults_match_the_service_defaults():
-    settings = pytest.importorskip("service.settings", reason="service branch not merged").ServiceSettings
+    settings = pytest.importorskip("service.core.settings", reason="service branch not merged").ServiceSettings
     defaults = dict(re.findall(r"\$\{(DGAE_[A-Z0-9_]+):-([^}]*)\}", COMPOSE.read_text()))
     for name in ("max_batch_size", "max_wait_ms", "max_body_bytes", "log_level"):
         default = settings.model_fields[name].default

@@ -200,17 +200,17 @@ def torch_backend(tiny_checkpoint):
 
 def with_hook(backend: TorchBackend, hook) -> TorchBackend:
     """The backend with ``hook(op, tensor)`` run before each encode/decode (block, sleep or raise)."""
-    encode, decode = backend.encode, backend.decode
+    encode, decode = backend.run_encode, backend.run_decode
 
-    def hooked_encode(images, mode="mean", seeds=None, tile="auto"):
-        hook("encode", images)
-        return encode(images, mode, seeds, tile)
+    def hooked_encode(req):
+        hook("encode", req.images)
+        return encode(req)
 
-    def hooked_decode(latents, steps=None, seeds=None, tile="auto"):
-        hook("decode", latents)
-        return decode(latents, steps, seeds, tile)
+    def hooked_decode(req):
+        hook("decode", req.latents)
+        return decode(req)
 
-    backend.encode, backend.decode = hooked_encode, hooked_decode
+    backend.run_encode, backend.run_decode = hooked_encode, hooked_decode
     return backend
 
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from dgae.errors import ConfigError
 from service.app import create_app
 from service.playground import CONFIG_PATH, SECURITY_HEADERS, STATIC_DIR, install_playground
-from service.settings import ServiceSettings
+from service.core.settings import ServiceSettings
 from service_cases import API_KEY, AUTH, png
 
 if sys.version_info >= (3, 11):

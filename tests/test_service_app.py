@@ -21,8 +21,8 @@ from cli.main import main as dgae_main
 from dgae.errors import CheckpointError, ConfigError
 from dgae.presets import get_preset
 from service.app import create_app
-from service.cli import build_settings
-from service.settings import ServiceSettings
+from cli.commands.serve import build_settings
+from service.core.settings import ServiceSettings
 from service_cases import AUTH, API_KEY, C, F, Limits, latents, malformed_requests, npy_bytes, png, send, st_bytes
 
 LIMITS = Limits()
@@ -184,7 +184,7 @@ def test_openapi_documents_parameters_limits_and_errors(client):
     assert {p["name"] for p in enc["parameters"]} == {"mode", "seed", "fit", "dtype", "format", "tile"}
     assert {p["name"] for p in dec["parameters"]} == {"steps", "seed", "format", "quality", "tile"}
     steps = next(p for p in dec["parameters"] if p["name"] == "steps")
-    assert steps["schema"]["anyOf"][0]["maximum"] == 64
+    assert steps["schema"]["anyOf"][0]["minimum"] == 1 and "/v1/model" in steps["description"]
     assert {"400", "401", "413", "415", "422", "500", "503", "504"} <= set(dec["responses"])
     assert "multipart/form-data" in enc["requestBody"]["content"] and "application/json" in dec["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
@@ -198,13 +198,13 @@ class Wrapped(Backend):
         self.inner, self.hook = inner, hook
         self.config, self.checkpoint_sha256 = inner.config, inner.checkpoint_sha256
 
-    def encode(self, images, mode="mean", seeds=None, tile="auto"):
-        self.hook("encode", images)
-        return self.inner.encode(images, mode, seeds, tile)
+    def run_encode(self, req):
+        self.hook("encode", req.images)
+        return self.inner.run_encode(req)
 
-    def decode(self, latents, steps=None, seeds=None, tile="auto"):
-        self.hook("decode", latents)
-        return self.inner.decode(latents, steps, seeds, tile)
+    def run_decode(self, req):
+        self.hook("decode", req.latents)
+        return self.inner.run_decode(req)
 
     def encoder_moments(self, images):
         return self.inner.encoder_moments(images)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from dgae.errors import BackendError, InputError
-from service.batcher import DynamicBatcher, is_out_of_memory
-from service.disconnect import CLIENT_DISCONNECTED
-from service.errors import DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
-from service.metrics import ServiceMetrics
+from service.core.batcher import DynamicBatcher, is_out_of_memory
+from service.core.disconnect import CLIENT_DISCONNECTED
+from service.core.errors import DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
+from service.core.metrics import ServiceMetrics
 
 LONG_S = 30.0  # a deadline no test reaches
 SHORT_S = 0.05  # a deadline or drain timeout that does pass

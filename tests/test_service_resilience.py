@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.settings import ServiceSettings
-from service.state import DECODE, ENCODE, ServiceState
+from service.core.settings import ServiceSettings
+from service.core import lifecycle
+from service.core.engine import DECODE, ENCODE, Engine
 from service_cases import AUTH, API_KEY, C, F, latents, png, st_bytes
 from test_service_app import (ConfigOnly, assert_json_error,
                               make_client, wait_ready, Wrapped)
@@ -66,7 +67,7 @@ def test_cpu_allocation_failure_splits_the_batch_then_answers_503_never_500(torc
 
 
 def test_memory_error_outside_the_batcher_is_503_too(tiny_checkpoint, monkeypatch):
-    import service.codecs as codecs  # noqa: PLC0415
+    import service.core.codecs as codecs  # noqa: PLC0415
 
     def no_memory(*_args, **_kwargs):
         raise MemoryError()
@@ -81,7 +82,7 @@ def test_memory_error_outside_the_batcher_is_503_too(tiny_checkpoint, monkeypatc
 
 
 # --- client disconnect ------------------------------------------------------------------------------
-async def _decode_then_disconnect_while_queued(app, state: ServiceState, body: bytes) -> list[dict]:
+async def _decode_then_disconnect_while_queued(app, state: Engine, body: bytes) -> list[dict]:
     """One raw ASGI /decode whose client disconnects once the request waits in the decode queue;
     returns the messages the app sent (none may come for a client that has gone)."""
     gone, sent = asyncio.Event(), []
@@ -200,12 +201,12 @@ class _Closer:
 
 def test_batchers_close_concurrently_under_one_deadline():
     shutdown_s = 7
-    state = ServiceState(ServiceSettings(shutdown_timeout_s=shutdown_s), backend=ConfigOnly())
+    state = Engine(ServiceSettings(shutdown_timeout_s=shutdown_s), backend=ConfigOnly())
 
     async def go():
         entered, both_in = [], asyncio.Event()
         state.batchers = {op: _Closer(entered, both_in, 2) for op in (ENCODE, DECODE)}
-        await state.stop()
+        await lifecycle.stop(state)
         return list(state.batchers.values())
 
     closers = asyncio.run(go())
@@ -221,12 +222,12 @@ def test_stop_does_not_block_the_event_loop_while_a_worker_is_busy(torch_backend
             busy.set()
             released.append(gate.wait(GATE_WAIT_S))
 
-    state = ServiceState(ServiceSettings(shutdown_timeout_s=int(ANSWER_WAIT_S)), backend=Wrapped(torch_backend, hook))
+    state = Engine(ServiceSettings(shutdown_timeout_s=int(ANSWER_WAIT_S)), backend=Wrapped(torch_backend, hook))
 
     async def go():
-        state.start()
+        lifecycle.start(state)
         await asyncio.get_running_loop().run_in_executor(None, busy.wait, GATE_WAIT_S)
-        stopping = asyncio.ensure_future(state.stop())
+        stopping = asyncio.ensure_future(lifecycle.stop(state))
         await asyncio.sleep(0)  # stop() runs up to its first wait
         gate.set()  # only runs while the event loop is free
         await asyncio.wait_for(stopping, ANSWER_WAIT_S)

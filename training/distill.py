@@ -13,6 +13,8 @@ student decoder learns to reproduce a ``teacher_steps``-step teacher's decode.
   :func:`dgae.sampler.run_sampler` runs) with autograd on, so gradients flow through every step
   (the kernels route to their references under autograd).
 - Loss: ``alpha * MSE(student, target) + eta * LPIPS(student, target)``.
+- ``distill_target="photo"`` replaces the teacher's decode by the image itself: the student's
+  one-step decode is fine-tuned toward the photo (the bundled default's ``onestep`` recipe).
 
 The loop, EMA, resumable state, metrics and checkpoints are :class:`training.trainer.Trainer`'s.
 """
@@ -32,8 +34,9 @@ from dgae.checkpoint import load_checkpoint
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.errors import ConfigError
 from dgae.model import DGAE
-from dgae.pipeline import check_latents, from_public
-from dgae.sampler import SamplePlan, integrate, prepare_decode_buffer, resolve_seeds
+from dgae.pipeline import decode_buffer
+from dgae.request import DecodeRequest
+from dgae.sampler import integrate
 from training.config import TrainConfig
 from training.metrics.image_quality import psnr
 from training.trainer import Trainer
@@ -56,12 +59,11 @@ def unrolled_decode(model: DGAE, latents: torch.Tensor, seeds: int | Sequence[in
     The only difference is that the denoiser reads a copy of the buffer, because the update writes
     into the buffer in place and autograd keeps the denoiser's input for the backward pass."""
     config = model.config
-    check_latents(config, latents)
-    plan = SamplePlan.build(config.sampler, steps, solver)
+    req = DecodeRequest.resolve(config, latents, steps, seeds, NO_TILING, solver)
+    plan = req.plan
     f = config.downsample_factor
     h, w = latents.shape[-2] * f, latents.shape[-1] * f
-    buf = prepare_decode_buffer(from_public(config, latents), f, config.decoder_multiple,
-                                resolve_seeds(seeds, len(latents)))
+    buf = decode_buffer(config, req)
     t_table = torch.tensor(plan.ts, dtype=torch.float32, device=buf.device)
     b = buf.shape[0]
 
@@ -92,12 +94,13 @@ class DistillObjective(nn.Module):
         seeds = draw_seeds(len(x0))
         with torch.no_grad():
             latents = teacher.encode(x0).float()  # fp32 sampler state for teacher and student alike
-            target = teacher.decode(latents, steps=cfg.teacher_steps, seeds=seeds, tile=NO_TILING).float()
+            target = (x0.float() if cfg.distill_target == "photo" else
+                      teacher.decode(latents, steps=cfg.teacher_steps, seeds=seeds, tile=NO_TILING).float())
         student = unrolled_decode(model, latents, seeds, cfg.student_steps).float()
         loss_mse = F.mse_loss(student, target)
         loss = cfg.alpha * loss_mse
         parts = {"loss_mse": loss_mse.item(),
-                 "psnr_vs_teacher": 10 * math.log10(PSNR_PEAK_SQ / max(loss_mse.item(), MIN_MSE))}
+                 f"psnr_vs_{cfg.distill_target}": 10 * math.log10(PSNR_PEAK_SQ / max(loss_mse.item(), MIN_MSE))}
         if self.lpips is not None and cfg.eta > 0:
             loss_lp = self.lpips(student, target).mean()
             loss = loss + cfg.eta * loss_lp

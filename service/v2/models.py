@@ -8,8 +8,9 @@
 parameters ``steps``, ``seed`` (as for the encoder; random when neither is given); output
 ``images`` UINT8 [N, h*f, w*f, 3].
 
-Both run through ServiceState.encode/decode, so batching, seeds, limits and metrics are those of
-/encode and /decode: a decode with seed s returns what ``/decode?seed=s`` returns.
+Both build their requests with :mod:`service.core.params` and run through the engine, so
+batching, seeds, limits, messages and metrics are those of /encode and /decode: a decode with seed
+s returns what ``/decode?seed=s`` returns.
 """
 from __future__ import annotations
 
@@ -21,17 +22,13 @@ import torch
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from dgae.config import DGAEConfig
-from dgae.errors import InputError, TooLargeError
+from dgae.errors import InputError
 from dgae.imageio import to_tensor, to_uint8
-from dgae.pipeline import ENCODE_MODES, check_images
-from dgae.sampler import resolve_seeds
-from dgae.tiling import TILE_MODES
 
-from .. import codecs
-from ..errors import ParameterError
-from ..routes import parse_seeds
-from ..state import DECODE, ENCODE, ModelSpec, ServiceState
+from ..core import codecs
+from ..core.engine import DECODE, ENCODE, Engine, ModelSpec
+from ..core.errors import ParameterError
+from ..core.params import check_items, decode_request, encode_request
 from .tensors import BINARY_DATA_OUTPUT, InferRequest, InferResponse, RequestedOutput, check_json_output
 
 ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
@@ -41,7 +38,6 @@ RGB = 3
 LATENT_DATATYPES = {"FP32": np.float32, "FP16": np.float16}
 PIXEL_RANGE = (-1.0, 1.0)
 MAX_NAME_CHARS = 100  # of an unknown model name or version echoed in an error
-MEAN_MODE_SEED = 0  # mean mode draws no noise; the batcher still carries one seed per item
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ class TensorSpec:
 
 
 # run(service, http request (for admission), parsed request, {output: binary}) -> (arrays, parameters)
-Infer = Callable[[ServiceState, Request, InferRequest, dict[str, bool]],
+Infer = Callable[[Engine, Request, InferRequest, dict[str, bool]],
                  Awaitable[tuple[dict[str, np.ndarray], dict]]]
 
 
@@ -108,7 +104,7 @@ class V2Model:
                 raise InputError(f"{self.name} has no output {out.name!r} (outputs: {', '.join(names)})")
         return {o.name: o.binary for o in wanted}
 
-    async def infer(self, svc: ServiceState, request: Request, req: InferRequest) -> InferResponse:
+    async def infer(self, svc: Engine, request: Request, req: InferRequest) -> InferResponse:
         binary = self.validate(req)
         arrays, parameters = await self.run(svc, request, req, binary)
         return InferResponse(self.name, VERSION, [(name, arrays[name], b) for name, b in binary.items()],
@@ -130,62 +126,48 @@ def lookup(models: dict[str, V2Model], name: str, version: str | None) -> V2Mode
 
 
 # --- parameters ------------------------------------------------------------------------------------
-def _choice(params: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+def _text(params: dict, name: str, default: str) -> str:
+    """A string parameter (checked against its choices by :mod:`dgae.request`)."""
     value = params.get(name, default)
-    if value not in choices:
-        raise ParameterError(f"parameter {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str):
+        raise ParameterError(f"parameter {name!r} must be a string, got a {type(value).__name__}")
     return value
 
 
-def _seed_text(params: dict) -> str | None:
-    """The ``seed`` parameter as /encode and /decode take it: "s" or "s0,s1,..."."""
-    value = params.get("seed")
-    if value is None:
-        return None
-    if type(value) is int or isinstance(value, str):
-        return str(value)
-    raise ParameterError(f"parameter 'seed' must be an integer or a comma-separated string, got {value!r}")
-
-
-def _seeds_param(seeds: list[int]) -> str:
+def _seeds_param(seeds) -> str:
     return ",".join(map(str, seeds))
 
 
 # --- encoder ----------------------------------------------------------------------------------------
-def _image_tensor(req: InferRequest, config: DGAEConfig, max_items: int, max_pixels: int) -> torch.Tensor:
+def _image_tensor(req: InferRequest, svc: Engine) -> torch.Tensor:
     """UINT8 [N, H, W, 3] or FP32 [N, 3, H, W] in [-1, 1] -> float [N, 3, H, W] in [-1, 1]."""
     tensor = req.inputs["images"]
     arr = tensor.array
-    n, (h, w) = len(arr), (arr.shape[1:3] if tensor.datatype == "UINT8" else arr.shape[2:4])
-    if n > max_items:
-        raise TooLargeError(f"{n} images exceed the limit of {max_items} per request")
-    if h * w > max_pixels:
-        raise TooLargeError(f"images of {w}x{h} = {h * w} pixels exceed the limit of {max_pixels}")
+    h, w = arr.shape[1:3] if tensor.datatype == "UINT8" else arr.shape[2:4]
+    check_items(svc, len(arr), h, w, "images")
     if tensor.datatype == "UINT8":
-        images = to_tensor(arr)
-    else:
-        lo, hi = PIXEL_RANGE
-        if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
-            raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
-        images = torch.from_numpy(np.array(arr, dtype=np.float32))
-    check_images(config, images)  # the model's own checks: [N, 3, H, W], sides multiples of f
-    return images
+        return to_tensor(arr)
+    lo, hi = PIXEL_RANGE
+    if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
+        raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
 def _encoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
-        s = svc.settings
-        mode = _choice(req.parameters, "mode", ENCODE_MODES, ENCODE_MODES[0])
-        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
-        dtype = LATENT_DATATYPES[_choice(req.parameters, "dtype", tuple(LATENT_DATATYPES), "FP32")]
-        images = await run_in_threadpool(_image_tensor, req, svc.backend.config, s.max_items, s.max_pixels)
+    async def run(svc: Engine, request: Request, req: InferRequest, binary: dict[str, bool]):
+        s, p = svc.settings, req.parameters
+        dtype_name = _text(p, "dtype", "FP32")
+        if dtype_name not in LATENT_DATATYPES:
+            raise ParameterError(f"parameter 'dtype' must be one of {', '.join(LATENT_DATATYPES)}, got {dtype_name!r}")
+        images = await run_in_threadpool(_image_tensor, req, svc)
+        mode = _text(p, "mode", "mean")
+        enc = encode_request(svc, images, mode, p.get("seed") if mode == "sample" else None, _text(p, "tile", "auto"))
         n, _, h, w = images.shape
         svc.admission.admit(request, ENCODE, n * h * w)  # the same cost admission as /encode
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
-        seeds = parse_seeds(_seed_text(req.parameters), n) if mode == "sample" else [MEAN_MODE_SEED] * n
-        latents = await svc.encode(images, mode, seeds, tile)
-        params = {"mode": mode, **({"seeds": _seeds_param(seeds)} if mode == "sample" else {})}
-        return {"latents": latents.to(torch.float32).numpy().astype(dtype)}, params
+        latents = await svc.encode(enc)
+        params = {"mode": mode, **({"seeds": _seeds_param(enc.seeds)} if mode == "sample" else {})}
+        return {"latents": latents.to(torch.float32).numpy().astype(LATENT_DATATYPES[dtype_name])}, params
 
     latent = (DYNAMIC, spec.c, DYNAMIC, DYNAMIC)
     return V2Model(ENCODER,
@@ -196,34 +178,30 @@ def _encoder(spec: ModelSpec) -> V2Model:
 
 
 # --- decoder ----------------------------------------------------------------------------------------
-def _decode_seeds(req: InferRequest, n: int) -> list[int]:
-    """Per-item seeds from the INT64 ``seeds`` input, or the ``seed`` parameter (random when neither)."""
-    tensor, text = req.inputs.get("seeds"), _seed_text(req.parameters)
+def _decode_seeds(req: InferRequest, n: int):
+    """The INT64 ``seeds`` input (one per latent), else the ``seed`` parameter (random when neither)."""
+    tensor, seed = req.inputs.get("seeds"), req.parameters.get("seed")
     if tensor is None:
-        return parse_seeds(text, n)
-    if text is not None:
+        return seed
+    if seed is not None:
         raise InputError("give either the 'seeds' input or the 'seed' parameter, not both")
     if tensor.shape != (n,):
         raise InputError(f"input 'seeds' has shape {list(tensor.shape)}; expected [{n}], one per latent")
-    return resolve_seeds([int(s) for s in tensor.array], n)
+    return [int(s) for s in tensor.array]
 
 
 def _decoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: ServiceState, request: Request, req: InferRequest, binary: dict[str, bool]):
-        s = svc.settings
-        steps = req.parameters.get("steps", spec.default_steps)
-        if type(steps) is not int or not 1 <= steps <= spec.max_steps:
-            raise ParameterError(f"parameter 'steps' must be an integer in 1..{spec.max_steps}, got {steps!r}")
+    async def run(svc: Engine, request: Request, req: InferRequest, binary: dict[str, bool]):
+        s, p = svc.settings, req.parameters
         latents = torch.from_numpy(np.array(req.inputs["latents"].array, dtype=np.float32))
-        codecs.check_latents(latents, svc.backend.config, s.max_items, s.max_pixels)
+        dec = await run_in_threadpool(decode_request, svc, latents, p.get("steps"), _decode_seeds(req, len(latents)),
+                                      _text(p, "tile", "auto"))
         n, _, h, w = latents.shape
         svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
-        seeds = _decode_seeds(req, n)
-        tile = _choice(req.parameters, "tile", TILE_MODES, TILE_MODES[0])
-        images = await svc.decode(latents, steps, seeds, tile)
+        images = await svc.decode(dec)
         rgbs = await run_in_threadpool(to_uint8, images)
-        return {"images": rgbs}, {"steps": steps, "seeds": _seeds_param(seeds)}
+        return {"images": rgbs}, {"steps": dec.steps, "seeds": _seeds_param(dec.seeds)}
 
     latent = (DYNAMIC, spec.c, DYNAMIC, DYNAMIC)
     return V2Model(DECODER,

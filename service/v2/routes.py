@@ -27,9 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dgae.errors import DGAEError
 
-from .. import codecs
-from ..routes import require_api_key, service
-from ..state import ModelSpec
+from ..core import codecs
+from ..core.engine import ModelSpec
+from ..core.http import engine as service
+from ..core.http import require_api_key
 from . import tensors
 from .models import V2Model, build_models, lookup
 
@@ -122,82 +123,63 @@ def server_version() -> str:
         return UNKNOWN_VERSION
 
 
-def build_router(spec: ModelSpec) -> APIRouter:
-    models = build_models(spec)
-    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe v2)"])
-    auth = [Depends(require_api_key)]
-    meta_errors = _errors(400, 401, 404)
-    infer_errors = _errors(400, 401, 404, 413, 500, 503, 504)
-
-    @router.get("", response_model=ServerMetadata, summary="Server metadata and supported extensions")
-    async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS))
-
-    @router.get("/health/live", response_model=Live, summary="Liveness")
-    async def live() -> Live:
-        return Live(live=True)
-
-    @router.get("/health/ready", response_model=Ready, summary="Readiness (model loaded and warmed up)",
-                responses={503: {"model": Ready, "description": "loading or failed"}})
-    async def ready(request: Request) -> Response:
-        svc = service(request)
-        return _readiness(Ready(ready=svc.ready), svc.ready, svc.settings.retry_after_s)
-
-    def metadata_of(request: Request, model_name: str, model_version: str | None) -> ModelMetadata:
-        model = lookup(models, model_name, model_version)
-        return ModelMetadata(**model.metadata(platform=f"dgae_{service(request).settings.backend}"))
-
-    def ready_of(request: Request, model_name: str, model_version: str | None) -> Response:
-        model, svc = lookup(models, model_name, model_version), service(request)
-        return _readiness(ModelReady(name=model.name, ready=svc.ready), svc.ready, svc.settings.retry_after_s)
-
-    ready_doc = {**_errors(400, 404), 503: {"model": ModelReady, "description": "not ready"}}
-    infer_doc = dict(response_class=Response, dependencies=auth, openapi_extra=INFER_BODY,
-                     responses={200: INFER_OK, **infer_errors}, summary="Inference")
-    model, version = "/models/{model_name}", "/models/{model_name}/versions/{model_version}"
-
-    @router.get(model, response_model=ModelMetadata, dependencies=auth, responses=meta_errors,
-                summary="Model metadata")
-    async def model_metadata(request: Request, model_name: str) -> ModelMetadata:
-        return metadata_of(request, model_name, None)
-
-    @router.get(version, response_model=ModelMetadata, dependencies=auth, responses=meta_errors,
-                summary="Model metadata (one version)")
-    async def model_version_metadata(request: Request, model_name: str, model_version: str) -> ModelMetadata:
-        return metadata_of(request, model_name, model_version)
-
-    @router.get(model + "/ready", response_model=ModelReady, responses=ready_doc, summary="Model readiness")
-    async def model_ready(request: Request, model_name: str) -> Response:
-        return ready_of(request, model_name, None)
-
-    @router.get(version + "/ready", response_model=ModelReady, responses=ready_doc,
-                summary="Model readiness (one version)")
-    async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
-        return ready_of(request, model_name, model_version)
-
-    @router.post(model + "/infer", **infer_doc)
-    async def infer(request: Request, model_name: str) -> Response:
-        return await _infer(models, request, model_name, None)
-
-    @router.post(version + "/infer", **infer_doc)
-    async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
-        return await _infer(models, request, model_name, model_version)
-
-    return router
+MODELS_STATE = "v2_models"  # app.state attribute: {name: V2Model} of the loaded checkpoint
+MODEL, VERSION = "/models/{model_name}", "/models/{model_name}/versions/{model_version}"
 
 
-async def _maybe_await(value):
-    return await value if inspect.isawaitable(value) else value
+def _models(request: Request) -> dict[str, V2Model]:
+    return getattr(request.app.state, MODELS_STATE)
 
 
-def _readiness(body: BaseModel, ok: bool, retry_after_s: int) -> JSONResponse:
-    if ok:
-        return JSONResponse(body.model_dump())
-    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(retry_after_s)})
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS))
 
 
-async def _infer(models: dict[str, V2Model], request: Request, model_name: str, model_version: str | None) -> Response:
-    model = lookup(models, model_name, model_version)
+async def live() -> Live:
+    return Live(live=True)
+
+
+async def ready(request: Request) -> Response:
+    svc = service(request)
+    return _readiness(Ready(ready=svc.ready), svc.ready, svc.settings.retry_after_s)
+
+
+def _metadata(request: Request, model_name: str, model_version: str | None) -> ModelMetadata:
+    model = lookup(_models(request), model_name, model_version)
+    return ModelMetadata(**model.metadata(platform=f"dgae_{service(request).settings.backend}"))
+
+
+def _model_ready(request: Request, model_name: str, model_version: str | None) -> Response:
+    model, svc = lookup(_models(request), model_name, model_version), service(request)
+    return _readiness(ModelReady(name=model.name, ready=svc.ready), svc.ready, svc.settings.retry_after_s)
+
+
+async def model_metadata(request: Request, model_name: str) -> ModelMetadata:
+    return _metadata(request, model_name, None)
+
+
+async def model_version_metadata(request: Request, model_name: str, model_version: str) -> ModelMetadata:
+    return _metadata(request, model_name, model_version)
+
+
+async def model_ready(request: Request, model_name: str) -> Response:
+    return _model_ready(request, model_name, None)
+
+
+async def model_version_ready(request: Request, model_name: str, model_version: str) -> Response:
+    return _model_ready(request, model_name, model_version)
+
+
+async def infer(request: Request, model_name: str) -> Response:
+    return await _infer(request, model_name, None)
+
+
+async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
+    return await _infer(request, model_name, model_version)
+
+
+async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
+    model = lookup(_models(request), model_name, model_version)
     svc = service(request)
     svc.require_ready()
     s = svc.settings
@@ -210,6 +192,38 @@ async def _infer(models: dict[str, V2Model], request: Request, model_name: str, 
     log.debug("%s: %s -> %d bytes", model.name, ", ".join(f"{t.name}{list(t.shape)}" for t in req.inputs.values()),
               len(data))
     return Response(data, media_type=media, headers=headers)
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe v2)"])
+    auth = [Depends(require_api_key)]
+    meta_errors = _errors(400, 401, 404)
+    ready_doc = {**_errors(400, 404), 503: {"model": ModelReady, "description": "not ready"}}
+    infer_doc = dict(methods=["POST"], response_class=Response, dependencies=auth, openapi_extra=INFER_BODY,
+                     responses={200: INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}, summary="Inference")
+    router.add_api_route("", server_metadata, response_model=ServerMetadata,
+                         summary="Server metadata and supported extensions")
+    router.add_api_route("/health/live", live, response_model=Live, summary="Liveness")
+    router.add_api_route("/health/ready", ready, response_model=Ready, summary="Readiness (model loaded and warmed up)",
+                         responses={503: {"model": Ready, "description": "loading or failed"}})
+    for path, what, handlers in ((MODEL, "", (model_metadata, model_ready, infer)),
+                                 (VERSION, " (one version)", (model_version_metadata, model_version_ready, infer_version))):
+        router.add_api_route(path, handlers[0], response_model=ModelMetadata, dependencies=auth,
+                             responses=meta_errors, summary="Model metadata" + what)
+        router.add_api_route(path + "/ready", handlers[1], response_model=ModelReady, responses=ready_doc,
+                             summary="Model readiness" + what)
+        router.add_api_route(path + "/infer", handlers[2], **infer_doc)
+    return router
+
+
+async def _maybe_await(value):
+    return await value if inspect.isawaitable(value) else value
+
+
+def _readiness(body: BaseModel, ok: bool, retry_after_s: int) -> JSONResponse:
+    if ok:
+        return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(retry_after_s)})
 
 
 # --- errors in the protocol's form -------------------------------------------------------------------
@@ -232,7 +246,8 @@ def to_v2_error(response: Response, request: Request) -> JSONResponse:
 
 def install(app: FastAPI, spec: ModelSpec) -> None:
     """Mount the /v2 routes and make the app's error handlers answer /v2 paths in the protocol's form."""
-    app.include_router(build_router(spec))
+    setattr(app.state, MODELS_STATE, build_models(spec))
+    app.include_router(build_router())
     for exc_class in WRAPPED_HANDLERS:
         original = app.exception_handlers.get(exc_class)
         if original is not None:

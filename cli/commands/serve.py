@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from dgae.errors import ConfigError
 
-from .settings import ENV_PREFIX, ServiceSettings
+from service.core.settings import ENV_PREFIX, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _drained(signum: int, _frame) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only the serve command needs the server stack
 
-    from .app import create_app  # noqa: PLC0415
+    from service.app import create_app  # noqa: PLC0415
 
     settings = build_settings(args)
     logging.getLogger().setLevel(settings.log_level.upper())

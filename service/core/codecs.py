@@ -22,8 +22,6 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from dgae import pipeline
-from dgae.config import DGAEConfig
 from dgae.errors import InputError, TooLargeError
 from dgae.imageio import FitInfo, decode_image, encode_image, fit_image, image_size, restore_size
 from dgae.latents_io import IMAGES_KEY, META_KEY, check_latent_tensor, dump_npy, dump_safetensors, load_latents
@@ -176,18 +174,6 @@ def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
         raise InputError("latents contain a number too large for float32") from None
     meta = doc.get("metadata")
     return check_latent_tensor(torch.from_numpy(values), "latents"), meta if isinstance(meta, dict) else {}
-
-
-def check_latents(latents: torch.Tensor, config: DGAEConfig, max_items: int, max_pixels: int) -> None:
-    """The model's own checks (channels, finite values), then the service's limits."""
-    pipeline.check_latents(config, latents)
-    n, _, h, w = latents.shape
-    f = config.downsample_factor
-    if n > max_items:
-        raise TooLargeError(f"{n} latents exceed the limit of {max_items} per request")
-    if h * w * f * f > max_pixels:
-        raise TooLargeError(f"latents {h}x{w} decode to {h * f}x{w * f} = {h * w * f * f} pixels, over the "
-                            f"limit of {max_pixels}")
 
 
 def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None]) -> int:

@@ -1,5 +1,5 @@
 """Service configuration: environment variables with the ``DGAE_`` prefix (pydantic-settings),
-mirrored one to one by the ``dgae serve`` flags (see service.cli).
+mirrored one to one by the ``dgae serve`` flags (see cli.commands.serve).
 
 Paths (checkpoint, engines) come only from here, never from requests. Sampler step limits
 default to the checkpoint's own config; ``max_steps`` may only lower the model's maximum.
