@@ -30,7 +30,7 @@ from bulk.encode import DEFAULT_WORKERS, EncodeOptions, run_encode
 from bulk.preprocess import Preprocess, prepare_item
 from bulk.sources import list_source
 from dgae.errors import DGAEError, InputError
-from dgae.imageio import to_tensor
+from formats.images import to_tensor
 
 from .common import DEFAULT_OUT, apply_threads, resolve_bench_checkpoint, resolve_device, results_name
 

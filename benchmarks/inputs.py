@@ -48,7 +48,7 @@ def photo_arrays(n: int, size: int) -> tuple[list[np.ndarray], str]:
 
 def image_batch(n: int, size: int) -> tuple[torch.Tensor, str]:
     """float [n, 3, size, size] in [-1, 1] and the source label."""
-    from dgae.imageio import to_tensor  # noqa: PLC0415
+    from formats.images import to_tensor  # noqa: PLC0415
 
     arrays, source = photo_arrays(n, size)
     return to_tensor(arrays), source

@@ -77,8 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def make_workload(checkpoint, size: int, steps: int) -> Workload:
     from backends.torch_backend import TorchBackend  # noqa: PLC0415
-    from dgae.imageio import encode_image, to_tensor  # noqa: PLC0415
-    from dgae.latents_io import dump_safetensors  # noqa: PLC0415
+    from formats.images import encode_image, to_tensor  # noqa: PLC0415
+    from formats.latents import dump_safetensors  # noqa: PLC0415
 
     arrays, _ = photo_arrays(1, size)
     image = to_tensor(arrays)

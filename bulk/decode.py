@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from backends.base import Backend
 from dgae.checkpoint import read_config
-from dgae.datasets import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, LatentDataset, dumps, key_seed, pack_tar, \
+from formats.shards import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, LatentDataset, dumps, key_seed, pack_tar, \
     sample_key
 from dgae.errors import InputError
-from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size, to_uint8
-from dgae.latents_io import fit_infos, load_latents
+from formats.images import DEFAULT_MAX_PIXELS, WRITE_FORMATS, encode_image, restore_size, to_uint8
+from formats.latents import fit_infos, load_latents
 
 from .runtime import RuntimeOptions
 from .shards import ShardedOutput, ShardResult, ShardTask, plan_shards
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 LATENT_SUFFIXES = (".npy", ".safetensors")
 OUTPUT_FORMATS = ("wds", "folder")
-IMAGE_FORMATS = ("png", "webp", "jpeg")
+IMAGE_FORMATS = tuple(WRITE_FORMATS)
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 8
 ITEM_SEPARATOR = "#"  # source id of latent i of a multi-latent file: "<relative path>#<i>"

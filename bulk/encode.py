@@ -24,11 +24,11 @@ from tqdm import tqdm
 from backends.base import Backend
 from dgae.checkpoint import read_config
 from dgae.config import DGAEConfig
-from dgae.datasets import (FLIP_SUFFIX, FORMAT_VERSION, LOGVAR, MANIFEST_FORMATS, MEAN, SHARD_FORMATS, STORE_MODES,
+from formats.shards import (FLIP_SUFFIX, FORMAT_VERSION, LOGVAR, MANIFEST_FORMATS, MEAN, SHARD_FORMATS, STORE_MODES,
                            SampleOut, key_seed, shard_bytes, stored_fields)
 from dgae.errors import InputError
-from dgae.imageio import to_tensor
-from dgae.latents_io import LATENTS_KEY, encode_metadata
+from formats.images import to_tensor
+from formats.latents import LATENTS_KEY, encode_metadata
 from dgae.precision import PRECISIONS
 
 from .runtime import RuntimeOptions

@@ -6,7 +6,7 @@ workers run (read bytes, decode, resize/crop, fit, optional mirror).
   the short side to S, centre-crop S x S;
 - ``resize=R``: bicubic-resize the short side to R (aspect kept); then ``center_crop=S,
   crop_style="center"`` centre-crops S x S (torchvision's Resize + CenterCrop);
-- ``fit``: what :func:`dgae.imageio.fit_image` does to sides that are not multiples of f
+- ``fit``: what :func:`formats.images.fit_image` does to sides that are not multiples of f
   (native sizes: ``pad`` is decoded back to the original size);
 - ``flip``: also the left-right mirror of the preprocessed image (MAR's ``moments_flip``).
 """
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dgae.errors import InputError, TooLargeError
-from dgae.imageio import DEFAULT_MAX_PIXELS, FIT_POLICIES, FitInfo, decode_image, fit_image
+from formats.images import DEFAULT_MAX_PIXELS, FIT_POLICIES, FitInfo, decode_image, fit_image
 
 from .sources import Item, read_item_bytes
 

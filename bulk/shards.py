@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dgae.datasets import (DATASET_FILE, ERRORS_FILE, MANIFEST_FORMATS, MANIFEST_STEM, SHARD_INDEX_DIGITS, SHARDS_DIR,
+from formats.shards import (DATASET_FILE, ERRORS_FILE, MANIFEST_FORMATS, MANIFEST_STEM, SHARD_INDEX_DIGITS, SHARDS_DIR,
                            dumps, shard_name)
 from dgae.errors import DGAEError, InputError
 from dgae.hashing import file_sha256

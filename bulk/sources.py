@@ -10,7 +10,7 @@
   sample is the members sharing a key (the name up to the first dot of the basename), its image
   the first member with an image extension, its label the ``.cls`` member.
 
-Each :class:`Item` has a stable ``key`` (from the source id, see :func:`dgae.datasets.sample_key`),
+Each :class:`Item` has a stable ``key`` (from the source id, see :func:`formats.shards.sample_key`),
 so keys, seeds and shards do not depend on the order the filesystem lists files in.
 """
 from __future__ import annotations
@@ -24,12 +24,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgae.datasets import sample_key
+from formats.images import READ_SUFFIXES
+from formats.shards import sample_key
 from dgae.errors import InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"})
+IMAGE_SUFFIXES = READ_SUFFIXES
 TAR_SUFFIX = ".tar"
 CSV_SUFFIX = ".csv"
 PATH_COLUMN, LABEL_COLUMN = "path", "label"

@@ -42,8 +42,8 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, DGAEError, InputError
-from .imageio import encode_image, to_uint8
-from .latents_io import dump_npy
+from formats.images import encode_image, to_uint8
+from formats.latents import dump_npy
 
 try:
     import httpx

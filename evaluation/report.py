@@ -102,7 +102,7 @@ def write_plot(result: dict, path: Path) -> Path:
 
 def write_grid(grid: dict[str, torch.Tensor], path: Path) -> Path:
     """Rows = crops; columns = original | reconstruction (best steps) | thumbnail baseline."""
-    from dgae.imageio import encode_image, to_uint8  # noqa: PLC0415
+    from formats.images import encode_image, to_uint8  # noqa: PLC0415
 
     columns = [to_uint8(grid[name]) for name in GRID_COLUMNS]  # each [R, H, W, 3]
     rows, height, width, _ = columns[0].shape

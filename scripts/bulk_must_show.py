@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dgae.datasets import ERRORS_FILE, LatentDataset  # noqa: E402
-from dgae.latents_io import load_latents  # noqa: E402
+from formats.shards import ERRORS_FILE, LatentDataset  # noqa: E402
+from formats.latents import load_latents  # noqa: E402
 
 POLL_S = 0.05
 RUN_TIMEOUT_S = 1800

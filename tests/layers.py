@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("bulk",),                             # dataset encode/decode: sources, shards, local/Ray engines
     ("backends",),                         # runtimes: torch, ONNX Runtime, TensorRT (one orchestration)
     ("export",),                           # ONNX export/validation, TensorRT build, export cache, manifest
-    ("dgae",),                             # the model core: config, layers, encoder, decoder, sampler, codecs
+    ("formats",),                          # latent files, images, latent shards: what is read and written
+    ("dgae",),                             # the model: config, presets, layers, encoder, decoder, sampler, pipeline
     ("kernels",),                          # Triton kernels beside their PyTorch references
 )
 LEVEL = {pkg: i for i, row in enumerate(LAYERS) for pkg in row}

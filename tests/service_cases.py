@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
-from dgae.latents_io import dump_safetensors
+from formats.latents import dump_safetensors
 
 C, F = 4, 8  # the tiny preset's latent channels and downsample factor
 API_KEY = "test-key"
@@ -188,9 +188,9 @@ def malformed_requests(lim: Limits) -> list[Bad]:
         Bad("seed count mismatch", "POST", "/decode?seed=1,2,3", 400, {"content": good_npy}, needle="seeds for 1 items"),
         Bad("seed of 5000 digits", "POST", "/decode?seed=" + "9" * 5000, 422, {"content": good_npy},
             needle="(5002 chars)"),
-        Bad("unknown parameter step", "POST", "/decode?step=8", 422, {"content": good_npy},
+        Bad("unknown parameter step", "POST", "/decode?step=8", 400, {"content": good_npy},
             needle="did you mean 'steps'"),
-        Bad("unknown encode parameter", "POST", "/encode?mod=sample", 422, {"content": png(), **ct("image/png")},
+        Bad("unknown encode parameter", "POST", "/encode?mod=sample", 400, {"content": png(), **ct("image/png")},
             needle="did you mean 'mode'"),
         Bad("quality 0", "POST", "/decode?format=jpeg&quality=0", 422, {"content": good_npy}),
         Bad("quality 101", "POST", "/decode?format=jpeg&quality=101", 422, {"content": good_npy}),

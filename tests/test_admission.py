@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dgae.errors import TooLargeError
-from dgae.imageio import image_size
+from formats.images import image_size
 from service.core.admission import Admission, PixelBudget
 from service.core.errors import BudgetFull
 from service.core.metrics import ServiceMetrics

@@ -1,4 +1,4 @@
-"""dgae encode-dataset / decode-dataset and dgae.datasets.LatentDataset, on small synthetic images
+"""dgae encode-dataset / decode-dataset and formats.shards.LatentDataset, on small synthetic images
 (the tiny preset): sources, bad inputs, exactly-once resume after a real kill -9, worker-count and
 engine independence, torchrun rank split, round trips, and equality with `dgae encode`."""
 from __future__ import annotations
@@ -21,13 +21,13 @@ from PIL import Image
 
 from bulk.preprocess import adm_center_crop
 from cli.main import main
-from dgae.datasets import DATASET_FILE, ERRORS_FILE, LatentDataset, key_seed, read_shard, sample_tensors_bytes
+from formats.shards import DATASET_FILE, ERRORS_FILE, LatentDataset, key_seed, read_shard, sample_tensors_bytes
 from dgae.checkpoint import save_checkpoint
 from dgae.config import TilingConfig
 from dgae.errors import InputError
 from dgae.model import DGAE
 from dgae.presets import get_preset
-from dgae.latents_io import load_latents
+from formats.latents import load_latents
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 32

@@ -23,7 +23,7 @@ from PIL import Image
 from dgae.client import (AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter, RequestTimeout,
                          ServerError, ServiceError, ServiceUnavailable, Unauthorized, error_from_response)
 from dgae.errors import InputError
-from dgae.latents_io import dump_npy
+from formats.latents import dump_npy
 from service_cases import AUTH, API_KEY, C, F, latents, png, serve, st_bytes
 
 RETRY_AFTER_S = 1           # what the mock and the slow server send

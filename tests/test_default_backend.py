@@ -13,7 +13,7 @@ from PIL import Image
 
 from backends import factory
 from backends.torch_backend import TorchBackend
-from dgae.imageio import to_uint8
+from formats.images import to_uint8
 from service.app import create_app
 from service.core.settings import ServiceSettings
 from service_cases import npy_bytes

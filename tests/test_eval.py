@@ -70,7 +70,7 @@ def test_eval_writes_json_table_plot_and_grid(eval_out):
 
 def test_thumbnail_baseline_row_matches_the_metric(eval_out, photos):
     from evaluation.evaluate import quantize
-    from dgae.imageio import to_tensor
+    from formats.images import to_tensor
     from training.metrics.image_quality import psnr
     from training.metrics.thumbnail import thumbnail_baseline
 

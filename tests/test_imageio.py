@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dgae.errors import InputError, TooLargeError
-from dgae.imageio import decode_image, encode_image, fit_image, restore_size, to_tensor, to_uint8
+from formats.images import decode_image, encode_image, fit_image, restore_size, to_tensor, to_uint8
 
 
 def png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from backends.torch_backend import TorchBackend
-from dgae.imageio import encode_image, to_tensor
-from dgae.latents_io import dump_npy
+from formats.images import encode_image, to_tensor
+from formats.latents import dump_npy
 from kserve_cases import (DECODER, ENCODER, HEADER_LENGTH, assert_v2_error, binary_request, image_u8, infer_path,
                           json_tensor, latents_f32, malformed_v2_requests, read_binary_response, send_v2)
 from service.v2.tensors import DATATYPES, datatype_of

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks.inputs import photo_arrays
-from dgae.imageio import encode_image
-from dgae.latents_io import dump_npy
+from formats.images import encode_image
+from formats.latents import dump_npy
 from kserve_cases import DECODER, ENCODER, malformed_v2_requests, send_v2
 from service_cases import AUTH, C, F, Limits, serve
 

@@ -15,7 +15,7 @@ from backends.onnxruntime_backend import OnnxRuntimeBackend
 from backends.torch_backend import TorchBackend
 from dgae.checkpoint import BUNDLED_CHECKPOINT
 from dgae.errors import InputError
-from dgae.imageio import to_tensor, to_uint8
+from formats.images import to_tensor, to_uint8
 from dgae.tiling import TileGrid, blend_lines, seam_ratio, tile_starts
 from tests.export_fixtures import EXPORT_TIMEOUT_S, tiny_export
 

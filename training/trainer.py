@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dgae.checkpoint import save_checkpoint
 from training.data.dataset import ImageFolderDataset, make_loader
-from dgae.imageio import encode_image, to_uint8
+from formats.images import encode_image, to_uint8
 from dgae.model import DGAE
 from dgae.presets import get_preset
 from training.config import TrainConfig

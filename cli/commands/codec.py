@@ -10,10 +10,9 @@ from tqdm import tqdm
 
 from backends.base import Backend
 from dgae.errors import InputError
-from dgae.imageio import FitInfo, fit_image, load_image, to_tensor, to_uint8
+from formats.images import READ_SUFFIXES, FitInfo, fit_image, load_image, to_tensor, to_uint8
 from dgae.sampler import resolve_seeds
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def load_images(paths: list[str], f: int, fit: str) -> tuple[list[np.ndarray], list[FitInfo]]:
@@ -53,7 +52,7 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 def output_paths(out: str, n: int, names: list[str] | None = None) -> list[Path]:
     """-o FILE.png for a single image, else a directory of NNNN.png (or <name>.png)."""
     p = Path(out)
-    if p.suffix.lower() in IMAGE_SUFFIXES:
+    if p.suffix.lower() in READ_SUFFIXES:
         if n != 1:
             raise InputError(f"-o {out} names one image but there are {n}; give a directory")
         return [p]

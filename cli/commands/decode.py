@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgae.errors import InputError
-from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size
-from dgae.latents_io import fit_infos, image_names, load_latents
+from formats.images import DEFAULT_MAX_PIXELS, encode_image, restore_size
+from formats.latents import fit_infos, image_names, load_latents
 from cli.commands.codec import decode_batches, output_paths, seeds_for
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgae.imageio import FIT_POLICIES
-from dgae.latents_io import dump_safetensors, encode_metadata
+from formats.images import FIT_POLICIES
+from formats.latents import dump_safetensors, encode_metadata
 from cli.commands.codec import encode_batches, load_images, seeds_for
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 

@@ -8,9 +8,9 @@ from backends.factory import BACKENDS
 from bulk.encode import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_WORKERS, ENGINES, EncodeOptions, run_encode
 from bulk.preprocess import CROP_STYLES, Preprocess
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, tile_mode
-from dgae.datasets import MANIFEST_FORMATS, SHARD_FORMATS, STORE_MODES
+from formats.shards import MANIFEST_FORMATS, SHARD_FORMATS, STORE_MODES
 from dgae.errors import InputError
-from dgae.imageio import FIT_POLICIES
+from formats.images import FIT_POLICIES
 from dgae.precision import PRECISIONS
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgae.imageio import FIT_POLICIES, encode_image
+from formats.images import FIT_POLICIES, encode_image
 from cli.commands.codec import decode_batches, encode_batches, load_images, output_paths, psnr_uint8, seeds_for
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 

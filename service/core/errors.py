@@ -47,6 +47,10 @@ class ParameterError(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class UnknownParameter(ServiceError):
+    status, code = 400, "unknown_parameter"
+
+
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 

@@ -17,7 +17,7 @@ from dgae.request import DecodeRequest, EncodeRequest, Seeds
 from dgae.sampler import SEED_BITS
 
 from .engine import Engine
-from .errors import ParameterError
+from .errors import ParameterError, UnknownParameter
 
 MAX_SEED_DIGITS = len(str(2 ** SEED_BITS))  # longer digit strings are refused before int() parses them
 MAX_ECHO_CHARS = 40  # of a bad value quoted in an error
@@ -79,7 +79,7 @@ def unknown_parameters(given: Iterable[str], known: Iterable[str]) -> None:
     for name in unknown:
         close = difflib.get_close_matches(name, known, n=1)
         hints.append(f"{echo(name)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+    raise UnknownParameter(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
                          f"this operation takes {', '.join(known)}")
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dgae.imageio import DEFAULT_MAX_PIXELS
+from formats.images import DEFAULT_MAX_PIXELS
 from dgae.precision import PRECISIONS
 
 ENV_PREFIX = "DGAE_"

@@ -14,8 +14,8 @@ import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from dgae.imageio import to_tensor, to_uint8
-from dgae.latents_io import encode_metadata, fit_infos, image_names
+from formats.images import to_tensor, to_uint8
+from formats.latents import encode_metadata, fit_infos, image_names
 
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE, Engine

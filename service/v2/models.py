@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from dgae.errors import InputError
-from dgae.imageio import to_tensor, to_uint8
+from formats.images import to_tensor, to_uint8
 
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE, Engine, ModelSpec

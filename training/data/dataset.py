@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from formats.images import READ_SUFFIXES
 from dgae.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+IMAGE_SUFFIXES = READ_SUFFIXES
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SPLITS = ("train", "val")
 DEFAULT_CROP_SIZE = 256

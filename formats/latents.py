@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import DGAEConfig
-from .errors import InputError, TooLargeError
-from .imageio import FIT_POLICIES, FitInfo
+from dgae.config import DGAEConfig
+from dgae.errors import InputError, TooLargeError
+from .images import FIT_POLICIES, FitInfo
 
 LATENTS_KEY = "latents"
 META_KEY = "dgae"

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError, TooLargeError
+from dgae.errors import InputError, TooLargeError
+
+# The one home for the image formats the project reads and writes (CLI, service, bulk, training).
+READ_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"})
+WRITE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}  # format -> media type
+WRITE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}  # file suffix -> format
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 FitPolicy = Literal["error", "pad", "crop", "resize"]
 FIT_POLICIES = ("error", "pad", "crop", "resize")
@@ -165,7 +171,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     fmt = fmt.lower()
-    pil_fmt = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}.get(fmt)
+    pil_fmt = _PIL_FORMATS.get(WRITE_SUFFIXES.get(f".{fmt}", fmt))
     if pil_fmt is None:
         raise InputError(f"unsupported image format {fmt!r}")
     buf = io.BytesIO()

@@ -40,12 +40,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import DGAEConfig
-from .errors import ConfigError, InputError
-from .hashing import file_sha256
-from .latents_io import LATENTS_KEY, META_KEY
-from .pipeline import sample_posterior, to_public
-from .sampler import SEED_BITS
+from dgae.config import DGAEConfig
+from dgae.errors import ConfigError, InputError
+from dgae.hashing import file_sha256
+from .latents import LATENTS_KEY, META_KEY
+from dgae.pipeline import sample_posterior, to_public
+from dgae.sampler import SEED_BITS
 
 FORMAT_VERSION = 1
 DATASET_FILE = "dataset.json"
