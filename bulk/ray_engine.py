@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from dgae.errors import BackendError, DGAEError, InputError
 
-from .encode import EncodeOptions, make_context
+from .encode_context import EncodeOptions, make_context
 from .preprocess import prepare_item
 from .shards import ShardedOutput, ShardTask
 from .sources import Item

@@ -21,11 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "roundtrip": ("cli.commands.roundtrip", "encode + decode images, print PSNR per image"),
     "encode-dataset": ("cli.commands.encode_dataset", "encode a folder / list / tar shards of images to latent shards"),
     "decode-dataset": ("cli.commands.decode_dataset", "decode latents in bulk to PNG shards or a folder"),
-    "train": ("training.cli", "train a DGAE model (torchrun for multi-GPU)"),
-    "eval": ("evaluation.evaluate", "evaluate reconstructions vs steps and the thumbnail baseline"),
-    "export": ("export.cli", "export to ONNX / build TensorRT engines"),
+    "train": ("cli.commands.train", "train a DGAE model (torchrun for multi-GPU)"),
+    "eval": ("cli.commands.eval", "evaluate reconstructions vs steps and the thumbnail baseline"),
+    "export": ("cli.commands.export", "export to ONNX / build TensorRT engines"),
     "serve": ("cli.commands.serve", "run the HTTP service"),
-    "bench": ("benchmarks.cli", "run throughput / load / anchor benchmarks"),
+    "bench": ("cli.commands.bench", "run throughput / load / anchor benchmarks"),
 }
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

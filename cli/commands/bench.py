@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dgae.errors import InputError
 
-from .common import (DEFAULT_OUT, add_common_arguments, apply_threads, int_list, resolve_bench_checkpoint,
+from benchmarks.common import (DEFAULT_OUT, add_common_arguments, apply_threads, int_list, resolve_bench_checkpoint,
                      resolve_device, results_name)
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("load", help="HTTP load: concurrency sweep against the service")
     add_common_arguments(p)
-    from . import load  # noqa: PLC0415 - only argparse wiring; load imports no server code at import
+    from benchmarks import load  # noqa: PLC0415 - only argparse wiring; load imports no server code at import
 
     load.add_arguments(p)
 
@@ -84,13 +84,13 @@ def check_clock(args: argparse.Namespace, device: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.bench == "plots":
-        from .plots import plot_folder  # noqa: PLC0415
+        from benchmarks.plots import plot_folder  # noqa: PLC0415
 
         written = plot_folder(args.out)
         print("\n".join(str(p) for p in written) or f"no results JSON in {args.out}")
         return 0
     if args.bench == "markdown":
-        from .markdown import render_folder  # noqa: PLC0415
+        from benchmarks.markdown import render_folder  # noqa: PLC0415
 
         print(render_folder(args.out) or f"no results JSON in {args.out}")
         return 0
@@ -113,8 +113,8 @@ def _cpu_seconds() -> float:
 
 
 def finish(args: argparse.Namespace, report: dict, device: str) -> int:
-    from .machine import describe_machine  # noqa: PLC0415
-    from .report import write_json  # noqa: PLC0415
+    from benchmarks.machine import describe_machine  # noqa: PLC0415
+    from benchmarks.report import write_json  # noqa: PLC0415
 
     report["machine"] = describe_machine(report.pop("checkpoint_path", None))
     name = results_name(report["benchmark"], device)
@@ -123,7 +123,7 @@ def finish(args: argparse.Namespace, report: dict, device: str) -> int:
           f"{report['run']['cpu_s']:.0f} s CPU")
     print(f"wrote {path}")
     if not args.no_plot:
-        from .plots import plot_report  # noqa: PLC0415
+        from benchmarks.plots import plot_report  # noqa: PLC0415
 
         print(f"wrote {plot_report(report, args.out / f'{name}.png')}")
     return 0 if not report.get("failed") else 1
@@ -133,7 +133,7 @@ def finish(args: argparse.Namespace, report: dict, device: str) -> int:
 def _grid(args: argparse.Namespace, device: str):
     from dataclasses import replace  # noqa: PLC0415
 
-    from . import throughput  # noqa: PLC0415
+    from benchmarks import throughput  # noqa: PLC0415
 
     if args.quick:
         grid = throughput.QUICK_GRID
@@ -153,8 +153,8 @@ def _grid(args: argparse.Namespace, device: str):
 
 
 def run_backends(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
-    from . import flops, throughput  # noqa: PLC0415
-    from .machine import gpu_info  # noqa: PLC0415
+    from benchmarks import flops, throughput  # noqa: PLC0415
+    from benchmarks.machine import gpu_info  # noqa: PLC0415
 
     peak = args.peak_tflops
     if peak is None and device.startswith("cuda"):
@@ -177,7 +177,7 @@ def run_backends(args: argparse.Namespace, checkpoint: Path, device: str) -> dic
 
 # ----------------------------------------------------------------------------- load / anchors
 def run_load(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
-    from . import load  # noqa: PLC0415
+    from benchmarks import load  # noqa: PLC0415
 
     report = load.run_from_args(args, checkpoint, device)
     print(load.results_table(report))
@@ -187,7 +187,7 @@ def run_load(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
 
 
 def run_anchors(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
-    from . import anchors  # noqa: PLC0415
+    from benchmarks import anchors  # noqa: PLC0415
 
     report = anchors.run_from_args(args, checkpoint, device)
     print(anchors.results_table(report))
@@ -196,7 +196,7 @@ def run_anchors(args: argparse.Namespace, checkpoint: Path, device: str) -> dict
 
 
 def run_sizes(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
-    from . import sizes  # noqa: PLC0415
+    from benchmarks import sizes  # noqa: PLC0415
 
     if device != "cpu":
         raise InputError("dgae bench sizes measures CPU processes (peak RSS); use --device cpu")

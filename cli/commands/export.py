@@ -13,14 +13,14 @@ import argparse
 import json
 import logging
 
-from . import manifest as mf
+from export import manifest as mf
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .onnx_export import DEFAULT_OPSET  # noqa: PLC0415
-    from .tensorrt_build import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_GIB, ShapeRange  # noqa: PLC0415
+    from export.onnx_export import DEFAULT_OPSET  # noqa: PLC0415
+    from export.tensorrt_build import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_GIB, ShapeRange  # noqa: PLC0415
 
     sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     o = sub.add_parser("onnx", help="export encoder + denoiser (+ unrolled decode) to ONNX and validate")
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
-    from .onnx_export import export_onnx  # noqa: PLC0415
-    from .tensorrt_build import parse_hw  # noqa: PLC0415
-    from .validate import format_rows  # noqa: PLC0415
+    from export.onnx_export import export_onnx  # noqa: PLC0415
+    from export.tensorrt_build import parse_hw  # noqa: PLC0415
+    from export.validate import format_rows  # noqa: PLC0415
 
     graphs = [mf.DENOISER] if args.no_encoder else [mf.ENCODER, mf.DENOISER]
     sizes = [parse_hw(s) for s in args.validate_sizes.split(",")] if args.validate_sizes else None
@@ -80,7 +80,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
 
 
 def _run_tensorrt(args: argparse.Namespace) -> int:
-    from .tensorrt_build import ShapeRange, build_engines, make_build_plan, parse_hw  # noqa: PLC0415
+    from export.tensorrt_build import ShapeRange, build_engines, make_build_plan, parse_hw  # noqa: PLC0415
 
     shapes = ShapeRange(args.min_batch, args.opt_batch, args.max_batch, parse_hw(args.min_size),
                         parse_hw(args.opt_size), parse_hw(args.max_size))
