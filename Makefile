@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-docker data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
+.PHONY: install serve test test-fast test-slow test-docker data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,21 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m cli serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra
+# every test once: the fast half, then the rest
+test: test-fast test-slow
+
+FAST := not slow and not server and not gpu
+# the inner loop: unit tests only (no servers, containers, browsers, exports or training), <= 3 min
+test-fast: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra -m "$(FAST)"
+
+test-slow: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra -m "not ($(FAST))"
+
+# ruff (pyflakes, pycodestyle, bugbear) and the layer check (imports point down, no circle)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m tests.layers
 
 # The Docker deployment built and run for real: CPU image, compose stack (2 replicas + balancer),
 # requests, crashed replicas, teardown. Installs docker.io / debootstrap and starts dockerd when

@@ -44,3 +44,22 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+# Modules that build the ONNX export, drive containers, browsers, nginx, Ray or training runs, or decode
+# at large sizes: part of `make test`, left out of `make test-fast` (the inner loop, <= 3 min on 2 cores).
+SLOW_MODULES = frozenset({
+    "test_any_resolution_server", "test_backends_factory", "test_backends_onnxruntime", "test_bench_anchors",
+    "test_bench_backends", "test_bench_gpu_suite", "test_bench_load", "test_bench_sizes", "test_bulk",
+    "test_data_fetch", "test_default_backend", "test_deploy_entrypoint", "test_distill", "test_docker_files",
+    "test_docker_smoke", "test_eval", "test_export_cache", "test_export_manifest", "test_export_onnx",
+    "test_export_tensorrt_config", "test_image_quality", "test_int8_probe", "test_kernels_benchmark_dry_run",
+    "test_kernels_model_parity", "test_kserve_server", "test_nginx_lb", "test_playground_browser",
+    "test_service_server", "test_train", "test_client",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
