@@ -268,3 +268,24 @@ def test_gpu_distill_script_runs_on_cpu(photos, tiny_checkpoint, tmp_path):
     assert set(summary["teacher"]) == {"1", "2", str(cfg.teacher_steps)}
     assert isinstance(summary["student_matches_bar"], bool)
     assert all(0 < row["psnr"] and 0 <= row["lpips"] for row in summary["teacher"].values())
+
+
+def test_photo_target_trains_the_one_step_decode_toward_the_image_itself(tiny_checkpoint):
+    """distill_target="photo" (the bundled default's ``onestep`` recipe): the loss is the student's
+    one-step decode against x0, not the teacher's decode; the encoder stays frozen."""
+    from training.distill import DistillObjective  # noqa: PLC0415
+
+    cfg = dataclasses.replace(get_recipe("onestep-tiny"), eta=0.0)
+    assert cfg.distill_target == "photo" and cfg.student_steps == 1
+    teacher = load_checkpoint(tiny_checkpoint).requires_grad_(False)
+    student = load_checkpoint(tiny_checkpoint)
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    torch.manual_seed(3)
+    loss, parts = DistillObjective(cfg, teacher, None)(student, x0)
+    torch.manual_seed(3)
+    seeds = torch.randint(0, torch.iinfo(torch.int64).max, (2,)).tolist()
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(unrolled_decode(student, teacher.encode(x0), seeds, 1), x0)
+    assert abs(loss.item() - expected.item()) < 1e-6 and "psnr_vs_photo" in parts
+    with pytest.raises(ConfigError, match="distill_target must be one of"):
+        dataclasses.replace(cfg, distill_target="gan").validate()
