@@ -13,6 +13,8 @@ from typing import Any
 from .errors import ConfigError
 
 IMAGE_CHANNELS = 3
+SOLVERS = ("euler", "heun")  # the sampler's update rules (dgae.sampler.integrate)
+SCHEDULES = ("uniform", "shifted")  # its time grids (dgae.sampler.timesteps)
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,10 @@ class DGAEConfig:
         for m in dec.channel_mult:
             if dec.attention_factors and (dec.base_channels * m) % dec.head_channels:
                 raise ConfigError(f"decoder channels {dec.base_channels * m} not divisible by head_channels")
-        if smp.solver not in ("euler", "heun"):
-            raise ConfigError(f"sampler.solver must be 'euler' or 'heun', got {smp.solver!r}")
-        if smp.schedule not in ("uniform", "shifted"):
-            raise ConfigError(f"sampler.schedule must be 'uniform' or 'shifted', got {smp.schedule!r}")
+        if smp.solver not in SOLVERS:
+            raise ConfigError(f"sampler.solver must be one of {', '.join(SOLVERS)}, got {smp.solver!r}")
+        if smp.schedule not in SCHEDULES:
+            raise ConfigError(f"sampler.schedule must be one of {', '.join(SCHEDULES)}, got {smp.schedule!r}")
         if not 1 <= smp.default_steps <= smp.max_steps:
             raise ConfigError("sampler.default_steps must lie in [1, max_steps]")
         if smp.shift <= 0:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import kernels
 
-from .config import IMAGE_CHANNELS, SamplerConfig
+from .config import IMAGE_CHANNELS, SOLVERS, SamplerConfig
 from .errors import InputError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -86,8 +86,8 @@ class SamplePlan:
         if not 1 <= steps <= cfg.max_steps:
             raise InputError(f"steps must be in [1, {cfg.max_steps}], got {steps}")
         solver = solver or cfg.solver
-        if solver not in ("euler", "heun"):
-            raise InputError(f"solver must be 'euler' or 'heun', got {solver!r}")
+        if solver not in SOLVERS:
+            raise InputError(f"solver must be one of {', '.join(SOLVERS)}, got {str(solver)[:40]!r}")
         return cls(tuple(timesteps(steps, cfg.schedule, cfg.shift)), solver)
 
     @property
