@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode-dataset": ("cli.commands.decode_dataset", "decode latents in bulk to PNG shards or a folder"),
     "train": ("training.cli", "train a DGAE model (torchrun for multi-GPU)"),
     "eval": ("evaluation.evaluate", "evaluate reconstructions vs steps and the thumbnail baseline"),
-    "export": ("export.cli", "export to ONNX / build TensorRT engines"),
+    "export": ("cli.commands.export", "export to ONNX / build TensorRT engines / write a diffusers folder"),
     "serve": ("service.cli", "run the HTTP service"),
     "bench": ("benchmarks.cli", "run throughput / load / anchor benchmarks"),
 }

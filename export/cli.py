@@ -18,7 +18,8 @@ from . import manifest as mf
 log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The onnx and tensorrt targets; returns the targets' subparsers so a caller can add one."""
     from .onnx_export import DEFAULT_OPSET  # noqa: PLC0415
     from .tensorrt_build import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_GIB, ShapeRange  # noqa: PLC0415
 
@@ -57,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--graphs", default=None, help="comma-separated subset of the export's graphs")
     t.add_argument("--dry-run", action="store_true", help="print the build plan (profiles, flags) and exit")
     t.set_defaults(_run=_run_tensorrt)
+    return sub
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("bulk",),                             # dataset encode/decode: sources, shards, local/Ray engines
     ("backends",),                         # runtimes: torch, ONNX Runtime, TensorRT (one orchestration)
     ("export",),                           # ONNX export/validation, TensorRT build, export cache, manifest
+    ("dgae_diffusers",),                   # AutoencoderDGAE: the model as a diffusers autoencoder
     ("dgae",),                             # the model core: config, layers, encoder, decoder, sampler, codecs
     ("kernels",),                          # Triton kernels beside their PyTorch references
 )
