@@ -93,6 +93,9 @@ class AutoencoderDGAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         for key, value in given.items():
             if value is not None and value != derived[key]:
                 raise ConfigError(f"config {key}={value!r} disagrees with dgae_config (which implies {derived[key]!r})")
+        steps = default_inference_steps
+        if steps is not None and not 1 <= steps <= cfg.sampler.max_steps:
+            raise ConfigError(f"default_inference_steps must be in [1, {cfg.sampler.max_steps}], got {steps}")
         self.register_to_config(**derived)
         self.dgae = cfg  # the runtime DGAE config (enable_tiling may change its tile sizes)
         self.encoder = Encoder(cfg)

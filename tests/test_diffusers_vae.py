@@ -74,6 +74,17 @@ def test_config_that_disagrees_with_the_model_is_refused(model):
         AutoencoderDGAE(dgae_config=model.config.to_dict(), scaling_factor=LATENT_SCALE * 2)
     with pytest.raises(ConfigError, match="dgae_config"):
         AutoencoderDGAE()
+    with pytest.raises(ConfigError, match="default_inference_steps"):
+        AutoencoderDGAE(dgae_config=model.config.to_dict(), default_inference_steps=0)
+
+
+def test_export_steps_become_the_decode_default(scaled_checkpoint, model, tmp_path):
+    assert dgae_main(["export", "diffusers", str(tmp_path), "-c", str(scaled_checkpoint), "--steps", "3"]) == 0
+    vae = AutoencoderDGAE.from_pretrained(tmp_path)
+    z = torch.randn(1, 4, 2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(vae.decode(z, seeds=1).sample, vae.decode(z, seeds=1, num_inference_steps=3).sample,
+                               rtol=0, atol=0)
+    assert not torch.allclose(vae.decode(z, seeds=1).sample, vae.decode(z, seeds=1, num_inference_steps=1).sample)
 
 
 def test_encode_mode_is_the_raw_posterior_mean_and_scaling_gives_the_public_latents(vae, model):
