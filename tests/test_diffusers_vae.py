@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 from safetensors.torch import load_file
 
 from cli.main import main as dgae_main
@@ -18,14 +17,15 @@ from dgae.errors import ConfigError, InputError
 from dgae.model import DGAE
 from dgae_diffusers import AutoencoderDGAE
 from dgae_diffusers.seeds import draw_seed
+from diffusers_cases import DecodeRecorder, run_dit, tiny_dit_pipeline
 
 STEPS = 1
+FP16_ATOL = 2e-3  # fp16-rounded weights, fp32 compute (measured 2e-4 on the tiny preset)
 LATENT_SCALE, LATENT_SHIFT = 0.5, 0.25  # non-trivial, so the scaling a pipeline applies is exercised
 H, W = 24, 40  # non-square, multiples of the tiny preset's f = 8
 # small tiles so a 48 x 80 image is tiled on the tiny preset (its own tiles are 288 / 576 pixels)
 SMALL_TILES = {"decode_tile": 32, "decode_overlap": 16, "encode_tile": 32, "encode_overlap": 16}
 DIT_LATENT_SIDE = 8  # DiT's transformer is square: 64 x 64 images
-DIT_CLASS = 3
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,16 @@ def test_export_writes_a_diffusers_folder_with_the_checkpoints_tensors(exported,
     weights = load_file(str(exported / "diffusion_pytorch_model.safetensors"))
     state = model.state_dict()
     assert set(weights) == set(state) and all(torch.equal(weights[k], state[k]) for k in state)
+
+
+def test_fp16_export_stores_half_the_bytes_and_loads_back(scaled_checkpoint, exported, vae, tmp_path):
+    assert dgae_main(["export", "diffusers", str(tmp_path), "-c", str(scaled_checkpoint), "--fp16"]) == 0
+    weights = load_file(str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    half = AutoencoderDGAE.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    z = torch.randn(1, 4, 2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(half.decode(z, seeds=1, num_inference_steps=STEPS).sample,
+                               vae.decode(z, seeds=1, num_inference_steps=STEPS).sample, rtol=0, atol=FP16_ATOL)
 
 
 def test_config_that_disagrees_with_the_model_is_refused(model):
@@ -172,37 +182,18 @@ def test_forward_is_encode_then_decode(vae):
     torch.testing.assert_close(out, vae.decode(vae.encode(x).latent_dist.mode()).sample, rtol=0, atol=0)
 
 
-def tiny_dit_pipeline(vae: AutoencoderDGAE) -> DiTPipeline:
-    torch.manual_seed(0)
-    c = vae.config.latent_channels
-    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=c,
-                                        out_channels=2 * c, num_layers=1, norm_num_groups=8,
-                                        sample_size=DIT_LATENT_SIDE, patch_size=2, num_embeds_ada_norm=8)
-    return DiTPipeline(transformer=transformer.eval(), vae=vae, scheduler=DDIMScheduler())
-
-
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
 def test_runs_as_the_vae_of_a_diffusers_dit_pipeline(vae, tiled):
     if tiled:
         vae.enable_tiling(**SMALL_TILES)
-    pipe = tiny_dit_pipeline(vae)
-    seen = []
-    decode = vae.decode
-
-    def spy(z, **kw):  # record what the pipeline hands the VAE and torch's RNG state at that moment
-        seen.append((z.clone(), torch.get_rng_state()))
-        return decode(z, **kw)
-
-    vae.decode = spy
-    torch.manual_seed(0)
-    out = pipe(class_labels=[DIT_CLASS], num_inference_steps=2, guidance_scale=1.0, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    rec = DecodeRecorder(vae)
+    out = run_dit(tiny_dit_pipeline(vae, DIT_LATENT_SIDE))
     side = DIT_LATENT_SIDE * 8
     assert out.shape == (1, side, side, 3) and np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
     assert out.std() > 0
-    (z, rng), = seen
+    (z, rng), = rec.calls
     assert z.shape == (1, vae.config.latent_channels, DIT_LATENT_SIDE, DIT_LATENT_SIDE)
     torch.set_rng_state(rng)
-    replay = (decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    replay = (rec.decode(z).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(out, replay, rtol=0, atol=1e-6)  # the pipeline's image is this VAE's decode
     assert (pipeline.decode_grid(vae.dgae, side, side, vae.tile_mode) is not None) == tiled
