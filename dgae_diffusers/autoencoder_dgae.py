@@ -23,8 +23,9 @@ seeds; ``seeds=`` reproduces a service call exactly).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -60,7 +61,7 @@ def derived_config(cfg: DGAEConfig) -> dict[str, Any]:
             "block_out_channels": [enc.base_channels * m for m in enc.channel_mult]}
 
 
-def cast(vae: "AutoencoderDGAE", dtype: torch.dtype) -> "AutoencoderDGAE":
+def cast(vae: AutoencoderDGAE, dtype: torch.dtype) -> AutoencoderDGAE:
     """``vae`` in ``dtype`` (no call when it already is: diffusers' ``to(dtype)`` logs a spurious
     keep-in-fp32 warning on every call)."""
     return vae if vae.dtype == dtype else vae.to(dtype=dtype)
@@ -105,7 +106,7 @@ class AutoencoderDGAE(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_dgae(cls, model: DGAE, source_checkpoint_sha256: str | None = None) -> "AutoencoderDGAE":
+    def from_dgae(cls, model: DGAE, source_checkpoint_sha256: str | None = None) -> AutoencoderDGAE:
         """The same weights as a loaded DGAE model (copied; on the model's device and dtype)."""
         param = next(model.parameters())
         vae = cls(dgae_config=model.config.to_dict(), source_checkpoint_sha256=source_checkpoint_sha256)

@@ -17,7 +17,7 @@ generator state, and advances the generator, as drawing noise from it would.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

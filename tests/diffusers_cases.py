@@ -32,13 +32,14 @@ def run_dit(pipe: DiTPipeline, seed: int = 0):
 
 @dataclass
 class DecodeRecorder:
-    """Wraps ``vae.decode``: records each call's latents and torch's RNG state at that moment (a
-    pipeline that passes no generator, as DiT, gets seeds from the global RNG)."""
+    """``with DecodeRecorder(vae) as rec:`` wraps ``vae.decode``, recording each call's latents and
+    torch's RNG state at that moment (a pipeline that passes no generator, as DiT, gets its
+    seeds from the global RNG); ``rec.decode`` is the unwrapped method."""
 
     vae: AutoencoderDGAE
     calls: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __enter__(self) -> DecodeRecorder:
         self.decode = self.vae.decode
 
         def spy(z, **kwargs):
@@ -46,3 +47,7 @@ class DecodeRecorder:
             return self.decode(z, **kwargs)
 
         self.vae.decode = spy
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.vae.decode  # the instance attribute goes; the class's method shows through again

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers_cases import DecodeRecorder, run_dit, tiny_dit_pipeline
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load as st_load
-
 from service_cases import st_bytes
 
 from cli.main import main as dgae_main
@@ -21,7 +21,6 @@ from dgae.checkpoint import BUNDLED_CHECKPOINT
 from dgae.imageio import decode_image, to_tensor, to_uint8
 from dgae_diffusers import AutoencoderDGAE
 from dgae_diffusers.seeds import draw_seed
-from diffusers_cases import DecodeRecorder, run_dit, tiny_dit_pipeline
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -78,9 +77,7 @@ def test_photo_round_trip_matches_the_service(client, vae, tile):
     assert dec.status_code == 200, dec.text
     service_rgb = np.asarray(Image.open(io.BytesIO(dec.content)).convert("RGB"))
     steps = int(dec.headers["x-dgae-steps"])
-    # what a pipeline hands the VAE: latents / scaling_factor + shift_factor
-    image = vae.decode(service_latents / vae.config.scaling_factor + vae.config.shift_factor, seeds=SEED,
-                       num_inference_steps=steps).sample
+    image = vae.decode(z, seeds=SEED, num_inference_steps=steps).sample  # the VAE's own round trip
     ours = to_uint8(image)[0]
     assert ours.shape == service_rgb.shape == rgb.shape
     diff = np.abs(ours.astype(np.int16) - service_rgb.astype(np.int16))
@@ -98,8 +95,8 @@ def service_decode(client, latents: torch.Tensor, seed: int, steps: int, tile: s
 @pytest.mark.parametrize("tile", ["off", "auto"])
 def test_dit_pipeline_image_is_the_services_image_for_its_latents(client, vae, tile):
     (vae.enable_tiling if tile == "auto" else vae.disable_tiling)()
-    rec = DecodeRecorder(vae)
-    out = run_dit(tiny_dit_pipeline(vae, DIT_LATENT_SIDE))
+    with DecodeRecorder(vae) as rec:
+        out = run_dit(tiny_dit_pipeline(vae, DIT_LATENT_SIDE))
     (z, rng), = rec.calls
     torch.set_rng_state(rng)
     (seed,) = draw_seed(None)  # DiT passes no generator: the VAE drew this seed from torch's global RNG

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from diffusers_cases import DecodeRecorder, run_dit, tiny_dit_pipeline
 from safetensors.torch import load_file
 
 from cli.main import main as dgae_main
@@ -17,7 +18,6 @@ from dgae.errors import ConfigError, InputError
 from dgae.model import DGAE
 from dgae_diffusers import AutoencoderDGAE
 from dgae_diffusers.seeds import draw_seed
-from diffusers_cases import DecodeRecorder, run_dit, tiny_dit_pipeline
 
 STEPS = 1
 FP16_ATOL = 2e-3  # fp16-rounded weights, fp32 compute (measured 2e-4 on the tiny preset)
@@ -130,7 +130,7 @@ def test_decode_of_pipeline_latents_is_the_models_decode_of_the_public_latents(v
 
 def test_generators_map_to_per_sample_seeds(vae):
     z = torch.randn(2, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(2))
-    dec = lambda **kw: vae.decode(z, num_inference_steps=STEPS, **kw).sample  # noqa: E731
+    dec = lambda **kw: vae.decode(z, num_inference_steps=STEPS, **kw).sample
     one = dec(generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(one, dec(generator=torch.Generator().manual_seed(0)), rtol=0, atol=0)
     torch.testing.assert_close(one, dec(seeds=draw_seed(torch.Generator().manual_seed(0), 2)), rtol=0, atol=0)
@@ -186,8 +186,8 @@ def test_forward_is_encode_then_decode(vae):
 def test_runs_as_the_vae_of_a_diffusers_dit_pipeline(vae, tiled):
     if tiled:
         vae.enable_tiling(**SMALL_TILES)
-    rec = DecodeRecorder(vae)
-    out = run_dit(tiny_dit_pipeline(vae, DIT_LATENT_SIDE))
+    with DecodeRecorder(vae) as rec:
+        out = run_dit(tiny_dit_pipeline(vae, DIT_LATENT_SIDE))
     side = DIT_LATENT_SIDE * 8
     assert out.shape == (1, side, side, 3) and np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
     assert out.std() > 0

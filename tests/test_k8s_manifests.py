@@ -14,10 +14,9 @@ import kubernetes.client.models
 import kubernetes_validate
 import pytest
 import yaml
-
-import deploy.entrypoint
 from fastapi.testclient import TestClient
 
+import deploy.entrypoint
 from service.app import create_app
 from service.settings import ENV_PREFIX, ServiceSettings
 
