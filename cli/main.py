@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode-dataset": ("cli.commands.decode_dataset", "decode latents in bulk to PNG shards or a folder"),
     "train": ("cli.commands.train", "train a DGAE model (torchrun for multi-GPU)"),
     "eval": ("cli.commands.eval", "evaluate reconstructions vs steps and the thumbnail baseline"),
-    "export": ("cli.commands.export", "export to ONNX / build TensorRT engines"),
+    "export": ("cli.commands.export", "export to ONNX / build TensorRT engines / write a diffusers folder"),
     "serve": ("cli.commands.serve", "run the HTTP service"),
     "bench": ("cli.commands.bench", "run throughput / load / anchor benchmarks"),
 }

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("bulk",),                             # dataset encode/decode: sources, shards, local/Ray engines
     ("backends",),                         # runtimes: torch, ONNX Runtime, TensorRT (one orchestration)
     ("export",),                           # ONNX export/validation, TensorRT build, export cache, manifest
+    ("dgae_diffusers",),                   # AutoencoderDGAE: the model as a diffusers autoencoder
     ("formats",),                          # latent files, images, latent shards: what is read and written
     ("dgae",),                             # the model: config, presets, layers, encoder, decoder, sampler, pipeline
     ("kernels",),                          # Triton kernels beside their PyTorch references

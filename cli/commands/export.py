@@ -1,4 +1,4 @@
-"""`dgae export onnx ...` and `dgae export tensorrt ...`.
+"""`dgae export onnx ...`, `dgae export tensorrt ...` and `dgae export diffusers ...`.
 
     dgae export onnx [--checkpoint CKPT] -o DIR [--unroll-steps N] [--fp16] [--opset 18]
     dgae export tensorrt --onnx DIR -o ENGINE_DIR [--fp16|--bf16] [--min-batch 1 --opt-batch 8 --max-batch 16]
@@ -6,6 +6,12 @@
 
 A failed validation exits 2 with the numbers and leaves the output directory's previous files as
 they were (the rejected files are kept in DIR/.rejected/ for inspection).
+
+    dgae export diffusers DIR [--checkpoint CKPT] [--fp16] [--steps N]
+
+writes an ``AutoencoderDGAE`` folder (config.json + diffusion_pytorch_model.safetensors) that
+``AutoencoderDGAE.from_pretrained(DIR)`` loads (docs/diffusers.md); diffusers is imported only
+for this target.
 """
 from __future__ import annotations
 
@@ -58,6 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dry-run", action="store_true", help="print the build plan (profiles, flags) and exit")
     t.set_defaults(_run=_run_tensorrt)
 
+    f = sub.add_parser("diffusers", help="write a diffusers AutoencoderDGAE folder (from_pretrained(DIR) loads it)")
+    f.add_argument("output", metavar="DIR", help="output folder")
+    f.add_argument("--checkpoint", "-c", default=None,
+                   help="checkpoint .safetensors (default: $DGAE_CHECKPOINT, else the bundled weights/ model)")
+    f.add_argument("--fp16", action="store_true", help="store fp16 weights (half the size)")
+    f.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="decode steps when a pipeline passes none (default: the model's own)")
+    f.set_defaults(_run=_run_diffusers)
+
 
 def run(args: argparse.Namespace) -> int:
     return args._run(args)
@@ -95,4 +110,17 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     manifest = build_engines(plan)
     print(f"wrote {', '.join(e.file for e in manifest.graphs.values())} and {mf.MANIFEST_NAME} to {args.output} "
           f"(TensorRT {manifest.tensorrt['version']}, {manifest.tensorrt['gpu_name']})")
+    return 0
+
+
+def _run_diffusers(args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    from dgae.checkpoint import resolve_checkpoint  # noqa: PLC0415
+    from dgae_diffusers.export import export_diffusers  # noqa: PLC0415 - diffusers only for this target
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    out = export_diffusers(checkpoint, args.output, torch.float16 if args.fp16 else torch.float32, args.steps)
+    print(f"wrote {out}/config.json and the weights from {checkpoint}; "
+          f"load with AutoencoderDGAE.from_pretrained({str(out)!r})")
     return 0
