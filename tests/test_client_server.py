@@ -204,7 +204,7 @@ def test_a_real_round_trip_with_torch_hidden_matches_one_with_torch(slow_server,
     assert "TORCH_LOADED False" in run.stdout
     alone = np.load(out)
     with Client(slow_server.url, api_key=API_KEY) as c:
-        z = c.encode(torch.from_numpy(np.asarray(Image.open(photo))).permute(2, 0, 1).float() / 127.5 - 1)
+        z = c.encode(torch.from_numpy(np.array(Image.open(photo))).permute(2, 0, 1).float() / 127.5 - 1)
         images = c.decode(z, seeds=5, return_tensors="pt")
     assert alone["z"].shape == (1, C, 5, 6) and np.allclose(alone["z"], z, atol=1e-5)
     assert alone["images"].shape == (1, 5 * F, 6 * F, 3) and alone["images"].dtype == np.uint8
