@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from dgae_client import (ArgumentError, AsyncClient, BadRequest, Client, Invalid
                          Unauthorized)
 from formats.images import to_uint8
 from service_cases import AUTH, API_KEY, C, F, latents, png, serve, st_bytes
-from test_client import FAST_BACKOFF_S, RETRY_AFTER_S, Script, client_for, npy_response
+from test_client import RETRY_AFTER_S, Script, client_for, npy_response
 
 SLOW_STEPS = 64             # keeps the single-slot slow server busy
 SLOW_SIDE = 8               # latent side of the slow decodes (64x64 images)
