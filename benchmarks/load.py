@@ -1,7 +1,7 @@
 """`dgae bench load`: HTTP load against the service - a concurrency sweep for encode and decode.
 
 Each level runs ``concurrency`` closed-loop clients (each sends its next request when the last
-one answers) over one ``dgae.client.AsyncClient`` with retries off, so a 503 counts as an error,
+one answers) over one ``dgae_client.AsyncClient`` with retries off, so a 503 counts as an error,
 until ``max_requests`` were sent or ``level_seconds`` passed; in-flight requests are
 then awaited, so every level is bounded in requests and time. Per level: requests/s, p50/p95/p99
 latency, error counts by status, and the mean backend batch size (from /metrics).
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import httpx
 import torch
 
-from dgae.client import AsyncClient, ClientError, ServiceError
+from dgae_client import AsyncClient, ClientError, ServiceError
 from dgae.errors import InputError
 
 from .common import int_list
@@ -87,7 +87,7 @@ def make_workload(checkpoint, size: int, steps: int) -> Workload:
 
 
 async def send(client: AsyncClient, op: str, wl: Workload, i: int) -> None:
-    """One request through dgae.client (no retries: a 503 counts as an error, not as latency)."""
+    """One request through dgae_client (no retries: a 503 counts as an error, not as latency)."""
     if op == "encode":
         await client.encode(wl.image_png)
     else:

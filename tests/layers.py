@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("formats",),                          # latent files, images, latent shards: what is read and written
     ("dgae",),                             # the model: config, presets, layers, encoder, decoder, sampler, pipeline
     ("kernels",),                          # Triton kernels beside their PyTorch references
+    ("dgae_client",),                      # the HTTP client: its own package, imports no project package
 )
 LEVEL = {pkg: i for i, row in enumerate(LAYERS) for pkg in row}
 SCRIPT_DIRS = ("scripts", "docker")  # folders of scripts, not packages

@@ -1,38 +1,46 @@
-"""dgae.client: request building, typed errors, retries (Retry-After, capped backoff, connection
-errors) on a mock transport, and against a real server: encode/decode/info/ready, server error
-codes, and a retry across a 503 while the decode queue is full."""
+"""dgae_client on a mock transport: request building, typed errors, retries (Retry-After, capped
+backoff, connection errors). This module imports no torch and nothing of the project but the client:
+tests/test_client_server.py also runs it with torch hidden. Torch tensors in and out, and a real
+served model, are in tests/test_client_server.py."""
 from __future__ import annotations
 
 import asyncio
 import io
 import logging
-import re
 import subprocess
 import sys
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from dgae.client import (AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter, RequestTimeout,
-                         ServerError, ServiceError, ServiceUnavailable, Unauthorized, error_from_response)
-from dgae.errors import InputError
-from formats.latents import dump_npy
-from service_cases import AUTH, API_KEY, C, F, latents, png, serve, st_bytes
+from dgae_client import (ArgumentError, AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter,
+                         RequestTimeout, ServerError, ServiceError, ServiceUnavailable, Unauthorized,
+                         error_from_response)
+from tests import layers
 
-RETRY_AFTER_S = 1           # what the mock and the slow server send
+C = 4                       # latent channels in the mocks (the mock transport checks no shapes)
+RETRY_AFTER_S = 1           # what the mock sends
 FAST_BACKOFF_S = 0.01
-SLOW_STEPS = 64             # keeps the single-slot slow server busy
-SLOW_SIDE = 8               # latent side of the slow decodes (64x64 images)
-POLL_S = 0.05
-HTTP_TIMEOUT_S = 120.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# what importing the client must not load: every other project package, and torch
+FORBIDDEN_MODULES = tuple(sorted(set(layers.LEVEL) - {"dgae_client"} | {"torch"}))
+
+
+def dump_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def png(h: int = 32, w: int = 32, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def npy_response(array: np.ndarray, **headers) -> httpx.Response:
@@ -82,17 +90,18 @@ def test_encode_one_image_is_a_raw_body_with_the_parameters(tmp_path):
 
 
 def test_encode_several_images_of_every_kind_is_one_multipart_request(tmp_path):
-    script = Script(npy_response(np.zeros((5, C, 2, 2), np.float32)))
+    script = Script(npy_response(np.zeros((6, C, 2, 2), np.float32)))
     path = tmp_path / "a.png"
     path.write_bytes(png(16, 16))
     rgb = np.zeros((16, 16, 3), np.uint8)
-    images = [path, png(16, 16, seed=1), rgb, Image.fromarray(rgb), torch.zeros(1, 3, 16, 16)]
+    images = [path, png(16, 16, seed=1), rgb, Image.fromarray(rgb), np.stack([rgb, rgb])]
     with client_for(script) as c:
-        out = c.encode(images, return_tensors="pt")
-    assert isinstance(out, torch.Tensor) and out.shape == (5, C, 2, 2)
+        out = c.encode(images)
+    assert isinstance(out, np.ndarray) and out.shape == (6, C, 2, 2)
     req = script.requests[0]
     assert req.headers["content-type"].startswith("multipart/form-data")
-    assert script.bodies[0].count(b'name="image"') == len(images) and b'filename="a.png"' in script.bodies[0]
+    assert script.bodies[0].count(b'name="image"') == 6 and b'filename="a.png"' in script.bodies[0]
+    assert b'filename="image5.png"' in script.bodies[0]  # the (N, H, W, 3) batch went as two PNGs
 
 
 def test_decode_sends_npy_and_reads_arrays_or_image_files():
@@ -104,7 +113,7 @@ def test_decode_sends_npy_and_reads_arrays_or_image_files():
     script = Script(npy_response(np.zeros((2, 16, 16, 3), np.uint8)),
                     httpx.Response(200, content=zipped.getvalue(), headers={"Content-Type": "application/zip"}))
     with client_for(script) as c:
-        images = c.decode(torch.from_numpy(z), steps=3, seeds=7)
+        images = c.decode(z.astype(np.float64), steps=3, seeds=7)  # sent as float32
         files = c.decode(z, seeds=[1, 2], image_format="png")
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     assert files == [b"first", b"second"]
@@ -112,19 +121,20 @@ def test_decode_sends_npy_and_reads_arrays_or_image_files():
     assert dict(first.url.params) == {"format": "npy", "steps": "3", "seed": "7"}
     assert dict(second.url.params) == {"format": "png", "seed": "1,2"}
     assert first.headers["content-type"] == "application/x-npy"
-    assert np.array_equal(np.load(io.BytesIO(script.bodies[0])), z)
+    sent = np.load(io.BytesIO(script.bodies[0]))
+    assert sent.dtype == np.float32 and np.array_equal(sent, z)
 
 
 @pytest.mark.parametrize("call", [
     lambda c: c.encode([]), lambda c: c.encode("/no/such/file.png"), lambda c: c.encode(np.zeros((4, 4, 3))),
-    lambda c: c.encode(torch.zeros(4, 4, dtype=torch.uint8)), lambda c: c.encode(42),
+    lambda c: c.encode(np.zeros((4, 4, 4), np.uint8)), lambda c: c.encode(42),
     lambda c: c.decode(object()), lambda c: c.decode(np.zeros((1, C, 2, 2)), image_format="gif"),
     lambda c: c.decode(np.zeros((1, C, 2, 2)), seeds=[True]), lambda c: c.encode(png(), return_tensors="tf"),
-], ids=["no images", "missing file", "float numpy", "uint8 torch", "int", "object latents", "gif", "bool seed",
+], ids=["no images", "missing file", "float numpy", "4 channels", "int", "object latents", "gif", "bool seed",
         "tensor type"])
-def test_bad_arguments_raise_input_error_before_any_request(call):
+def test_bad_arguments_raise_argument_error_before_any_request(call):
     script = Script(httpx.Response(200))
-    with client_for(script) as c, pytest.raises(InputError):
+    with client_for(script) as c, pytest.raises(ArgumentError):
         call(c)
     assert script.requests == []
 
@@ -157,7 +167,7 @@ def test_503_waits_retry_after_then_succeeds(caplog):
     z = np.zeros((1, C, 2, 2), np.float32)
     script = Script(native_error(503, "queue_full", "decode queue is full", **{"Retry-After": str(RETRY_AFTER_S)}),
                     npy_response(z))
-    with caplog.at_level(logging.WARNING, "dgae.client"), client_for(script, backoff_s=FAST_BACKOFF_S) as c:
+    with caplog.at_level(logging.WARNING, "dgae_client"), client_for(script, backoff_s=FAST_BACKOFF_S) as c:
         c.decode(z, seeds=1)
     assert len(script.requests) == 2 and script.gaps()[0] >= RETRY_AFTER_S
     assert script.bodies[0] == script.bodies[1]
@@ -228,98 +238,13 @@ def test_async_client_retries_like_the_sync_one(tmp_path):
     assert set(script.bodies) == {path.read_bytes()}  # streamed from disk again on every attempt
 
 
-def test_the_client_does_not_import_the_service():
-    code = "import sys, dgae.client; sys.exit(any(m == 'service' or m.startswith('service.') for m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+def test_the_client_imports_nothing_of_the_project_nor_torch():
+    code = f"import sys, dgae_client; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN_MODULES!r})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
-# --- against a real server ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def slow_server(tiny_checkpoint, tmp_path_factory):
-    """One decode computes, one waits, the rest are refused with 503 queue_full (Retry-After 1)."""
-    flags = ["--api-keys", API_KEY, "--max-batch-size", "1", "--queue-size", "1", "--max-wait-ms", "0",
-             "--torch-threads", "1", "--default-steps", "1", "--retry-after-s", str(RETRY_AFTER_S)]
-    with serve(tiny_checkpoint, tmp_path_factory.mktemp("client"), *flags) as s:
-        yield s
-
-
-def metric(url: str, name: str, labels: str) -> float:
-    m = re.search(rf'^{name}\{{{labels}\}} (\S+)$', httpx.get(url + "/metrics").text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
-@pytest.mark.server
-def test_real_server_encode_decode_info_ready_and_error_codes(slow_server, tmp_path):
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(png(40, 48, seed=2))
-    with Client(slow_server.url, api_key=API_KEY) as c:
-        assert c.ready()
-        c.wait_ready()
-        info = c.info()
-        assert info["preset"] == "tiny" and info["latent_channels"] == C
-        z = c.encode([photo, photo])  # fit=pad: 48x40 -> latents 6x5
-        assert z.shape == (2, C, 5, 6) and z.dtype == np.float32
-        images = c.decode(z, seeds=5)
-        assert images.shape == (2, 5 * F, 6 * F, 3)
-        pngs = c.decode(st_bytes(torch.from_numpy(z[:1])), seeds=5, image_format="png")
-        assert len(pngs) == 1 and Image.open(io.BytesIO(pngs[0])).size == (6 * F, 5 * F)
-        with pytest.raises(InvalidParameter) as err:
-            c.decode(z, steps=0)
-        assert err.value.code == "invalid_parameter" and err.value.status == 422
-        with pytest.raises(BadRequest) as err:
-            c.encode(b"not an image")
-        assert err.value.code == "invalid_input" and "cannot decode" in err.value.message
-    with Client(slow_server.url) as c, pytest.raises(Unauthorized) as err:
-        c.info()
-    assert err.value.code == "unauthorized"
-
-    async def go():
-        async with AsyncClient(slow_server.url, api_key=API_KEY) as c:
-            return await c.encode(photo), await c.ready()
-
-    z1, ready = asyncio.run(go())
-    assert ready and np.allclose(z1, z[:1], atol=1e-5)
-
-
-@pytest.mark.server
-def test_client_waits_retry_after_across_a_full_queue_and_succeeds(slow_server, caplog):
-    """Must show 3: with one decode computing and one queued, the next request is refused 503
-    queue_full; Client names that code (retries=0), and with retries waits Retry-After and succeeds."""
-    import tritonclient.http as httpclient  # noqa: PLC0415 - the v2 form of the same refusal
-    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
-
-    busy = st_bytes(latents(1, SLOW_SIDE, SLOW_SIDE))
-    z = latents(1, 2, 2).numpy()
-    rejected = 'operation="decode"'
-    before = metric(slow_server.url, "dgae_queue_rejections_total", rejected)
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(httpx.post, f"{slow_server.url}/decode?steps={SLOW_STEPS}&seed={i}", content=busy,
-                               headers=AUTH, timeout=HTTP_TIMEOUT_S) for i in range(2)]
-        while metric(slow_server.url, "dgae_pending_requests", rejected) < len(futures):  # one computing, one queued
-            assert not any(f.done() for f in futures), [f.result().text for f in futures if f.done()]
-            time.sleep(POLL_S)
-        with Client(slow_server.url, api_key=API_KEY, retries=0) as c, pytest.raises(ServiceUnavailable) as err:
-            c.decode(z, seeds=3)
-        assert err.value.code == "queue_full" and err.value.status == 503
-        assert err.value.retry_after_s == RETRY_AFTER_S and "queue is full" in err.value.message
-        with pytest.raises(InferenceServerException) as v2_err:
-            inp = httpclient.InferInput("latents", list(z.shape), "FP32")
-            inp.set_data_from_numpy(z)
-            httpclient.InferenceServerClient(slow_server.url.removeprefix("http://")).infer(
-                "dgae-decoder", [inp], headers=dict(AUTH))
-        assert v2_err.value.status() == "503" and "queue is full" in v2_err.value.message()
-        started = time.monotonic()
-        with caplog.at_level(logging.WARNING, "dgae.client"), \
-                Client(slow_server.url, api_key=API_KEY, retries=60, max_backoff_s=2 * RETRY_AFTER_S) as c:
-            images = c.decode(z, seeds=3)
-        waited = time.monotonic() - started
-        assert all(f.result().status_code == 200 for f in futures)
-    assert images.shape == (1, 2 * F, 2 * F, 3)
-    retries = [r.getMessage() for r in caplog.records if "queue_full" in r.getMessage()]
-    assert retries and all(f"Retry-After {RETRY_AFTER_S}" in m for m in retries), retries
-    assert waited >= RETRY_AFTER_S * len(retries)
-    assert metric(slow_server.url, "dgae_queue_rejections_total", rejected) >= before + 2 + len(retries)
-    with Client(slow_server.url, api_key=API_KEY) as c:  # the same latents and seed alone: the same image
-        assert np.abs(c.decode(z, seeds=3).astype(int) - images.astype(int)).max() <= 1
-    print(f"\nretry across 503: {len(retries)} refusal(s) with Retry-After {RETRY_AFTER_S}, succeeded after "
-          f"{waited:.2f} s")
+def test_bad_settings_are_argument_errors():
+    for kw in ({"timeout_s": 0}, {"connect_timeout_s": -1}, {"retries": -1}, {"backoff_s": -0.5}):
+        with pytest.raises(ArgumentError):
+            Client("http://dgae.test", **kw)

@@ -1,6 +1,6 @@
 """Python client for a running dgae-serve service (its native routes), sync and async, on httpx.
 
-    from dgae.client import Client
+    from dgae_client import Client
 
     with Client("http://127.0.0.1:8000", api_key=None) as c:
         c.wait_ready()
@@ -13,42 +13,44 @@ PIL images, uint8 numpy arrays (H, W, 3) / (N, H, W, 3) or float torch tensors (
 (N, 3, H, W) in [-1, 1] (sent as lossless PNG); several images go in one request and must share
 one size after the server's ``fit``. Latents may be numpy arrays or torch tensors (c, h, w) /
 (N, c, h, w), or the bytes / path of a .safetensors or .npy latents file. ``return_tensors="pt"``
-returns torch tensors instead of numpy arrays.
+returns torch tensors instead of numpy arrays. torch is optional: tensors are recognised without
+importing it, and only ``return_tensors="pt"`` imports it.
 
 Requests from files are streamed from disk. Every call has a timeout; 503 answers (queue full,
 loading, draining) and connection failures are retried up to ``retries`` times, waiting the
 server's ``Retry-After`` when given, else an exponential backoff, each wait capped at
-``max_backoff_s``. Failures raise typed errors: ``ServiceError`` subclasses carry the HTTP status,
-the server's error ``code`` (e.g. ``queue_full``) and ``message``; ``ConnectionFailed`` and
-``RequestTimeout`` when no answer came. This module talks HTTP only: it never imports the service.
+``max_backoff_s``. Failures raise typed errors (``dgae_client.errors``): ``ServiceError`` subclasses
+carry the HTTP status, the server's error ``code`` (e.g. ``queue_full``) and ``message``;
+``ConnectionFailed`` and ``RequestTimeout`` when no answer came; ``ArgumentError`` before any request.
+This package talks HTTP only: it imports nothing of the project (no model, no service, no torch).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import io
 import logging
-import os
 import time
-import zipfile
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Sequence, Union
-
-import numpy as np
-import torch
-from PIL import Image
-
-from .errors import ConfigError, DGAEError, InputError
-from formats.images import encode_image, to_uint8
-from formats.latents import dump_npy
+from typing import AsyncIterator, Sequence
 
 try:
     import httpx
-except ModuleNotFoundError as exc:  # the client is an optional extra of the package
-    raise ModuleNotFoundError("dgae.client needs httpx: pip install 'dgae-serve[client]'", name=exc.name) from exc
+except ModuleNotFoundError as exc:  # a dependency of dgae-client, an optional extra of dgae-serve
+    raise ModuleNotFoundError("dgae_client needs httpx: pip install dgae-client (or 'dgae-serve[client]')",
+                              name=exc.name) from exc
+
+from ._wire import IMAGE_FIELD, OCTET, ImageLike, LatentsLike, Seeds, TensorType
+from ._wire import Call as _Call
+from ._wire import array as _array
+from ._wire import check_tensor_type as _check_tensor_type
+from ._wire import checked as _checked
+from ._wire import decode_call as _decode_call
+from ._wire import encode_call as _encode_call
+from ._wire import error_from_response
+from ._wire import image_files as _image_files
+from ._wire import json_body as _json
+from .errors import ArgumentError, ClientError, ConnectionFailed, RequestTimeout, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -64,131 +66,7 @@ RETRY_STATUSES = (503,)
 # The request may not have reached the model: safe to send again (encode/decode are pure functions).
 RETRY_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                           httpx.ReadError, httpx.WriteError)
-MAX_ERROR_CHARS = 500
 CHUNK_BYTES = 1 << 16
-OCTET, NPY, ZIP = "application/octet-stream", "application/x-npy", "application/zip"
-IMAGE_FIELD = "image"
-IMAGE_FORMATS = ("png", "jpeg", "webp")
-TENSOR_TYPES = ("np", "pt")
-HTTP_OK_MIN, HTTP_OK_MAX = 200, 299
-HTTP_SERVER_ERROR = 500
-
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, torch.Tensor, Image.Image]
-LatentsLike = Union[np.ndarray, torch.Tensor, bytes, bytearray, memoryview, str, os.PathLike]
-Seeds = Union[int, Sequence[int], None]
-TensorType = Literal["np", "pt"]
-
-
-# --- errors -----------------------------------------------------------------------------------------
-class ClientError(DGAEError):
-    """Base of everything this client raises."""
-
-    code = "client_error"
-
-
-class ConnectionFailed(ClientError):
-    """The service could not be reached (after the retries)."""
-
-    code = "connection_failed"
-
-
-class RequestTimeout(ClientError):
-    """No (complete) answer within the timeout."""
-
-    code = "timeout"
-
-
-class ResponseError(ClientError):
-    """The service answered 2xx with a body this client cannot read."""
-
-    code = "bad_response"
-
-
-class ServiceError(ClientError):
-    """The service answered with an error status; ``code`` and ``message`` are the server's."""
-
-    code = "service_error"
-
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None):
-        super().__init__(f"HTTP {status} {code}: {message}")
-        self.status, self.code, self.message, self.retry_after_s = status, code, message, retry_after_s
-
-
-class BadRequest(ServiceError):
-    """400: malformed image, tensor or metadata."""
-
-
-class Unauthorized(ServiceError):
-    """401: missing or wrong API key."""
-
-
-class NotFound(ServiceError):
-    """404 / 405: no such route or method (wrong base URL?)."""
-
-
-class PayloadTooLarge(ServiceError):
-    """413: body, pixels, item count or JSON size over the service's limits."""
-
-
-class UnsupportedMediaType(ServiceError):
-    """415."""
-
-
-class InvalidParameter(ServiceError):
-    """422: a parameter out of range (steps, seed, format, ...)."""
-
-
-class ServerError(ServiceError):
-    """5xx other than 503/504: the backend failed on this request's batch."""
-
-
-class ServiceUnavailable(ServiceError):
-    """503: queue full, not ready or shutting down (retried first)."""
-
-
-class DeadlineExceeded(ServiceError):
-    """504: the request waited and computed longer than the service's deadline."""
-
-
-_ERRORS_BY_STATUS: dict[int, type[ServiceError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: NotFound, 413: PayloadTooLarge,
-    415: UnsupportedMediaType, 422: InvalidParameter, 503: ServiceUnavailable, 504: DeadlineExceeded}
-
-
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def error_from_response(response: httpx.Response) -> ServiceError:
-    """The typed error for a non-2xx answer: ``{"error": {"code", "message"}}`` (native routes),
-    ``{"error": "..."}`` (the /v2 routes, proxies) or any other body (code ``http_<status>``)."""
-    status = response.status_code
-    code, message = f"http_{status}", (response.text[:MAX_ERROR_CHARS] or response.reason_phrase)
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = None
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict):
-        code, message = str(err.get("code") or code), str(err.get("message") or message)
-    elif isinstance(err, str):
-        message = err
-    cls = _ERRORS_BY_STATUS.get(status, ServerError if status >= HTTP_SERVER_ERROR else ServiceError)
-    return cls(status, code, message, retry_after_seconds(response.headers))
 
 
 # --- retries ----------------------------------------------------------------------------------------
@@ -200,154 +78,12 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
-            raise ConfigError("retries, backoff_s and max_backoff_s must be >= 0")
+            raise ArgumentError("retries, backoff_s and max_backoff_s must be >= 0")
 
     def delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): Retry-After, else exponential; capped."""
         wait = retry_after_s if retry_after_s is not None else self.backoff_s * BACKOFF_FACTOR ** attempt
         return min(wait, self.max_backoff_s)
-
-
-# --- requests (shared by both clients) --------------------------------------------------------------
-@dataclass(frozen=True)
-class _Call:
-    method: str
-    path: str
-    params: dict[str, str] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    content: bytes | Path | None = None                  # raw body; a Path is streamed from disk
-    parts: tuple[tuple[str, bytes | Path], ...] = ()     # multipart image files
-    retry: bool = True
-
-
-def _seed_text(seeds: Seeds) -> str | None:
-    if seeds is None:
-        return None
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        return str(int(seeds))
-    values = list(seeds)
-    if not values or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in values):
-        raise InputError("seeds must be an int or a non-empty sequence of ints")
-    return ",".join(str(int(s)) for s in values)
-
-
-def _readable(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    return p
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _image_parts(images: ImageLike | Sequence[ImageLike]) -> list[tuple[str, bytes | Path]]:
-    """(file name, encoded image bytes or path) per image; arrays and tensors become PNG."""
-    items = list(images) if isinstance(images, (list, tuple)) else [images]
-    parts: list[tuple[str, bytes | Path]] = []
-    for item in items:
-        name = f"image{len(parts)}.png"
-        if isinstance(item, (str, os.PathLike)):
-            path = _readable(item)
-            parts.append((path.name, path))
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            parts.append((f"image{len(parts)}", bytes(item)))
-        elif isinstance(item, Image.Image):
-            parts.append((name, _png(item)))
-        elif isinstance(item, np.ndarray):
-            if item.dtype != np.uint8 or item.ndim not in (3, 4) or item.shape[-1] != 3:
-                raise InputError(f"numpy images must be uint8 (H, W, 3) or (N, H, W, 3), got {item.dtype} "
-                                 f"{item.shape}")
-            parts += [(f"image{len(parts) + i}.png", encode_image(rgb)) for i, rgb in
-                      enumerate(item[None] if item.ndim == 3 else item)]
-        elif isinstance(item, torch.Tensor):
-            if not item.is_floating_point() or item.dim() not in (3, 4) or item.shape[-3] != 3:
-                raise InputError(f"torch images must be float (3, H, W) or (N, 3, H, W) in [-1, 1], got "
-                                 f"{item.dtype} {tuple(item.shape)}")
-            rgbs = to_uint8(item[None] if item.dim() == 3 else item)
-            parts += [(f"image{len(parts) + i}.png", encode_image(rgb)) for i, rgb in enumerate(rgbs)]
-        else:
-            raise InputError(f"cannot send {type(item).__name__} as an image (path, bytes, PIL image, uint8 numpy "
-                             "array or float torch tensor)")
-    if not parts:
-        raise InputError("no images to encode")
-    return parts
-
-
-def _latents_body(latents: LatentsLike) -> tuple[bytes | Path, str]:
-    if isinstance(latents, (str, os.PathLike)):
-        return _readable(latents), OCTET
-    if isinstance(latents, (bytes, bytearray, memoryview)):
-        return bytes(latents), OCTET
-    if isinstance(latents, torch.Tensor):
-        t = latents.detach().cpu()
-        latents = (t if t.dtype in (torch.float16, torch.float32) else t.float()).numpy()
-    if isinstance(latents, np.ndarray):
-        if latents.dtype not in (np.float16, np.float32):
-            latents = latents.astype(np.float32)
-        return dump_npy(np.ascontiguousarray(latents)), NPY
-    raise InputError(f"cannot send {type(latents).__name__} as latents (numpy array, torch tensor, or the bytes / "
-                     "path of a .safetensors or .npy file)")
-
-
-def _encode_call(images, mode: str, seeds: Seeds, fit: str, dtype: str) -> _Call:
-    parts = _image_parts(images)
-    params = {"mode": mode, "fit": fit, "dtype": dtype, "format": "npy"}
-    if (seed := _seed_text(seeds)) is not None:
-        params["seed"] = seed
-    if len(parts) == 1:  # one raw image body (the server sniffs the format)
-        return _Call("POST", "/encode", params, {"Content-Type": OCTET}, content=parts[0][1])
-    return _Call("POST", "/encode", params, parts=tuple(parts))
-
-
-def _decode_call(latents, steps: int | None, seeds: Seeds, image_format: str | None, quality: int | None) -> _Call:
-    if image_format is not None and image_format not in IMAGE_FORMATS:
-        raise InputError(f"image_format must be one of {', '.join(IMAGE_FORMATS)} or None (arrays)")
-    content, media = _latents_body(latents)
-    params = {"format": image_format or "npy"}
-    for key, value in (("steps", steps), ("quality", quality), ("seed", _seed_text(seeds))):
-        if value is not None:
-            params[key] = str(value)
-    return _Call("POST", "/decode", params, {"Content-Type": media}, content=content)
-
-
-def _check_tensor_type(return_tensors: str) -> None:
-    if return_tensors not in TENSOR_TYPES:
-        raise InputError(f"return_tensors must be one of {', '.join(TENSOR_TYPES)}, got {return_tensors!r}")
-
-
-def _array(response: httpx.Response, return_tensors: str) -> np.ndarray | torch.Tensor:
-    try:
-        arr = np.load(io.BytesIO(response.content), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ResponseError(f"the service sent an unreadable .npy body ({exc})") from None
-    return torch.from_numpy(arr) if return_tensors == "pt" else arr
-
-
-def _image_files(response: httpx.Response) -> list[bytes]:
-    if response.headers.get("content-type", "").split(";")[0] != ZIP:
-        return [response.content]
-    try:
-        with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
-            return [zf.read(name) for name in sorted(zf.namelist())]
-    except zipfile.BadZipFile as exc:
-        raise ResponseError(f"the service sent an unreadable zip ({exc})") from None
-
-
-def _checked(response: httpx.Response) -> httpx.Response:
-    if HTTP_OK_MIN <= response.status_code <= HTTP_OK_MAX:
-        return response
-    raise error_from_response(response)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ResponseError(f"the service sent invalid JSON ({exc})") from None
 
 
 def _describe(call: _Call) -> str:
@@ -360,7 +96,7 @@ class _Settings:
     def __init__(self, url: str, api_key: str | None, timeout_s: float, connect_timeout_s: float,
                  retries: int, backoff_s: float, max_backoff_s: float):
         if timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ConfigError("timeout_s and connect_timeout_s must be > 0")
+            raise ArgumentError("timeout_s and connect_timeout_s must be > 0")
         self.url = url.rstrip("/")
         self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -1,0 +1,16 @@
+"""dgae-client: the Python client of a running dgae-serve service (HTTP only).
+
+Installable alone (``pip install ./clients/python``: numpy, httpx, pillow) and importing nothing of
+the project, torch included; see ``dgae_client.client`` for the API and docs/client.md for more.
+"""
+from .client import AsyncClient, Client, RetryPolicy
+from ._wire import error_from_response
+from .errors import (ArgumentError, BadRequest, ClientError, ConnectionFailed, DeadlineExceeded, InvalidParameter,
+                     NotFound, PayloadTooLarge, RequestTimeout, ResponseError, ServerError, ServiceError,
+                     ServiceUnavailable, Unauthorized, UnsupportedMediaType)
+
+__version__ = "0.1.0"
+__all__ = ["AsyncClient", "Client", "RetryPolicy", "error_from_response", "ArgumentError", "BadRequest",
+           "ClientError", "ConnectionFailed", "DeadlineExceeded", "InvalidParameter", "NotFound", "PayloadTooLarge",
+           "RequestTimeout", "ResponseError", "ServerError", "ServiceError", "ServiceUnavailable", "Unauthorized",
+           "UnsupportedMediaType"]
