@@ -84,19 +84,22 @@ def run_case(spec: dict) -> dict:
 
 
 def run(checkpoint: Path, sizes: tuple[int, ...], steps: int, untiled_max: int, backend: str,
-        threads: int | None, clock: str = "wall") -> dict:
+        threads: int | None, clock: str = "wall", ops: tuple[str, ...] = OPS) -> dict:
     from dgae.checkpoint import read_config  # noqa: PLC0415
 
     config = read_config(checkpoint)
     bad = [s for s in sizes if s % config.size_multiple]
     if bad:
         raise InputError(f"sizes {bad} are not multiples of the model's size multiple {config.size_multiple}")
+    unknown = set(ops) - set(OPS)
+    if unknown or not ops:
+        raise InputError(f"ops must be some of {', '.join(OPS)}, got {', '.join(ops) or 'none'}")
     rows = []
     for side in sizes:
         for tile in ("auto", "off"):
             if tile == "off" and side > untiled_max:
                 continue
-            for op in OPS:
+            for op in ops:
                 spec = {"checkpoint": str(checkpoint), "size": side, "tile": tile, "op": op, "steps": steps,
                         "backend": backend, "threads": threads, "clock": clock}
                 log.info("sizes: %s %dpx tile=%s", op, side, tile)

@@ -60,16 +60,24 @@ class TilingConfig:
     """Tiled decode/encode for images larger than a tile (see dgae/tiling.py), in pixels.
 
     A tile is a power of two plus the overlap, so tiles step by a power of two and a 2^k image
-    needs (2^k / step) + 1 per side at most: the extra work stays (1 + overlap/step)^2 ~ 1.27x at
-    every size instead of jumping to 2.25x when a side is exactly twice the tile. Decode tiles
-    (256 + 32) are about twice the bundled model's last training crop (128) and keep a tile's
-    attention small; encode tiles are larger (the encoder is cheaper per pixel, its receptive
-    field wider)."""
+    needs (2^k / step) + 1 per side at most: the extra work stays (1 + overlap/step)^2 at every
+    size instead of jumping to 2.25x when a side is exactly twice the tile. Decode tiles
+    (256 + 32, extra ~1.27x) are about twice the bundled model's last training crop (128) and keep
+    a tile's attention small. Encode tiles are 256 + 16 (extra ~1.13x): the encoder's single-head
+    mid attention grows with the tile's pixels, so per megapixel a 576 px tile cost 2.3x a 256 px
+    image; 272 px tiles bring it to ~1.2x, and their encodes still decode within 37 dB of untiled
+    ones (docs/benchmarks-sizes.md)."""
 
     decode_tile: int = 288
     decode_overlap: int = 32
-    encode_tile: int = 576
-    encode_overlap: int = 64
+    encode_tile: int = 272
+    encode_overlap: int = 16
+
+
+# Tiling defaults that older checkpoints stored with their config (the bundled one included): a
+# stored tiling equal to one of them is read as today's default, so a checkpoint that never
+# chose its tiles follows the code's. A checkpoint that stored any other tiling keeps it.
+SUPERSEDED_TILINGS = ({"decode_tile": 288, "decode_overlap": 32, "encode_tile": 576, "encode_overlap": 64},)
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,8 @@ class DGAEConfig:
             d = dict(d)
             subs = {"encoder": EncoderConfig, "decoder": DecoderConfig, "sampler": SamplerConfig,
                     "tiling": TilingConfig}
+            if d.get("tiling") in SUPERSEDED_TILINGS:
+                d["tiling"] = dataclasses.asdict(TilingConfig())
             for key, sub in subs.items():
                 if key in d:
                     d[key] = _build(sub, d[key])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dgae.checkpoint import describe, load_checkpoint, read_config, save_checkpoint
+from dgae.checkpoint import BUNDLED_CHECKPOINT, describe, load_checkpoint, read_config, save_checkpoint
 
 from dgae.hashing import file_sha256
 from dgae.errors import CheckpointError
@@ -127,3 +127,13 @@ def test_header_length_lie(tmp_path):
     p.write_bytes(struct.pack("<Q", 10**12) + b"{}")
     with pytest.raises(CheckpointError):
         load_checkpoint(p)
+
+
+def test_superseded_tiling_defaults_read_as_todays_and_chosen_tilings_are_kept():
+    from dgae.config import SUPERSEDED_TILINGS, DGAEConfig, TilingConfig
+
+    old = DGAEConfig().to_dict() | {"tiling": dict(SUPERSEDED_TILINGS[0])}
+    assert DGAEConfig.from_dict(old).tiling == TilingConfig()
+    chosen = DGAEConfig().to_dict() | {"tiling": dict(SUPERSEDED_TILINGS[0], encode_tile=512)}
+    assert DGAEConfig.from_dict(chosen).tiling.encode_tile == 512
+    assert read_config(BUNDLED_CHECKPOINT).tiling == TilingConfig()  # the bundled checkpoint follows the code

@@ -23,6 +23,7 @@ from tests.export_fixtures import EXPORT_TIMEOUT_S, tiny_export
 SMALL_TILING = dict(decode_tile=32, decode_overlap=16, encode_tile=32, encode_overlap=16)
 BATCH_TOL = 1e-5  # conv numerics may differ by batch composition; nothing else may
 MIN_TILED_PSNR_DB = 33.0  # tiled vs untiled decode of the same latent + seed (issue 13)
+MIN_TILED_ENCODE_PSNR_DB = 35.0  # decodes of tiled vs untiled encodes (issue 24: 272 px encode tiles)
 MAX_SEAM_RATIO = 1.15  # mean step across blend lines / elsewhere (issue 13)
 ONE_LEVEL = 1
 
@@ -158,7 +159,7 @@ def test_tiled_encode_of_a_real_photo_decodes_like_untiled(bundled):
     tiled, whole = bundled.encode(x), bundled.encode(x, tile="off")
     assert not torch.equal(tiled, whole)
     a, b = to_uint8(bundled.decode(tiled, 1, [0]))[0], to_uint8(bundled.decode(whole, 1, [0]))[0]
-    assert psnr(a, b) >= MIN_TILED_PSNR_DB
+    assert psnr(a, b) >= MIN_TILED_ENCODE_PSNR_DB
     assert psnr(a, rgb) >= psnr(b, rgb) - 0.5  # tiling costs no reconstruction quality
 
 

@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                 "64,128,256)")
     p.add_argument("--steps", type=int, default=None, help="decode steps (default 1)")
     p.add_argument("--untiled-max", type=int, default=None, help="largest side also run untiled (default 1024)")
+    p.add_argument("--ops", default="encode,decode", help="operations to time (default encode,decode)")
     p.add_argument("--backend", default="torch", help="backend name for backends.factory (default torch)")
     add_clock_argument(p)
 
@@ -203,7 +204,7 @@ def run_sizes(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
     chosen = args.sizes or (sizes.QUICK_SIZES if args.quick else sizes.DEFAULT_SIZES)
     report = sizes.run(checkpoint, tuple(chosen), args.steps or sizes.DEFAULT_STEPS,
                        args.untiled_max or (max(chosen) if args.quick else sizes.DEFAULT_UNTILED_MAX),
-                       args.backend, args.threads, args.clock)
+                       args.backend, args.threads, args.clock, tuple(o for o in args.ops.split(",") if o))
     print(sizes.results_table(report))
     report["failed"] = any("error" in r for r in report["rows"])
     report["checkpoint_path"] = str(checkpoint)
