@@ -27,6 +27,7 @@ from .core.settings import ServiceSettings
 from .native.info import build_router as info_router
 from .native.routes import build_router as native_router
 from .playground import install_playground
+from .remote import build_router as remote_router
 from .v2 import install as install_v2
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(native_router())
+    app.include_router(remote_router())  # Remote VAE (diffusers remote_decode / remote_encode) under /remote
     install_v2(app, state.spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
     install_playground(app)
 
