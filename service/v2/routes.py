@@ -32,7 +32,7 @@ from ..core.engine import ModelSpec
 from ..core.http import engine as service
 from ..core.http import require_api_key
 from . import tensors
-from .models import V2Model, build_models, lookup
+from ..core.oip import V2Model, build_models, lookup
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     body = tensors.decompress(body, request.headers.get("content-encoding"), s.max_body_bytes)
     length = tensors.header_length(request.headers.get(tensors.HEADER_LENGTH), len(body))
     req = await run_in_threadpool(tensors.parse_request, body, length, s.max_json_values)
-    response = await model.infer(svc, request, req)
+    response = await model.infer(svc, lambda op, pixels: svc.admission.admit(request, op, pixels), req)
     data, headers, media = await run_in_threadpool(tensors.encode_response, response)
     log.debug("%s: %s -> %d bytes", model.name, ", ".join(f"{t.name}{list(t.shape)}" for t in req.inputs.values()),
               len(data))
