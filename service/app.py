@@ -67,6 +67,15 @@ class MetricsMiddleware:
                 m.failures.labels(route, scope.get(ERROR_CODE_SCOPE_KEY, f"http_{status}")).inc()
 
 
+async def _start_grpc(state: Engine):
+    """The gRPC server when ``grpc_port`` is set (grpcio and tritonclient[grpc] load only then)."""
+    if state.settings.grpc_port is None:
+        return None
+    from .grpc_oip import start as start_grpc  # noqa: PLC0415
+
+    return await start_grpc(state)
+
+
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
     """Build the app. ``backend`` (tests, embedding) skips loading from the configured checkpoint."""
     settings = settings or ServiceSettings()
@@ -75,9 +84,14 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         lifecycle.start(state)
+        grpc_server = await _start_grpc(state)
         try:
             yield
         finally:
+            if grpc_server is not None:  # in-flight gRPC calls finish before the batchers drain
+                from .grpc_oip import stop as stop_grpc  # noqa: PLC0415
+
+                await stop_grpc(grpc_server, settings.shutdown_timeout_s)
             await lifecycle.stop(state)
 
     app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan,

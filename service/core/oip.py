@@ -19,6 +19,7 @@ callable that reserves the request's cost for as long as the exchange lasts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -85,6 +86,9 @@ class InferResponse:
     id: str | None = None
 
 
+SERVER_NAME = "dgae-serve"
+DISTRIBUTION = "dgae-serve"
+UNKNOWN_VERSION = "unknown"
 ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
 VERSION = "1"
 DYNAMIC = -1
@@ -164,6 +168,18 @@ class V2Model:
         arrays, parameters = await self.run(svc, admit, req, binary)
         return InferResponse(self.name, VERSION, [(name, arrays[name], b) for name, b in binary.items()],
                              parameters, req.id)
+
+
+def server_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION
+
+
+def platform(svc: Engine) -> str:
+    """The models' ``platform`` in their metadata: the backend that runs them."""
+    return f"dgae_{svc.settings.backend}"
 
 
 class UnknownModel(InputError):

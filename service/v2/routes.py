@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from importlib import metadata
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -32,14 +31,11 @@ from ..core.engine import ModelSpec
 from ..core.http import engine as service
 from ..core.http import require_api_key
 from . import tensors
-from ..core.oip import V2Model, build_models, lookup
+from ..core.oip import SERVER_NAME, V2Model, build_models, lookup, platform, server_version
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v2"
-SERVER_NAME = "dgae-serve"
-DISTRIBUTION = "dgae-serve"
-UNKNOWN_VERSION = "unknown"
 EXTENSIONS = ("binary_tensor_data", "parameters")
 BAD_REQUEST = 400
 BAD_REQUEST_STATUSES = (415, 422)  # native-route statuses that the protocol calls bad requests
@@ -116,13 +112,6 @@ INFER_OK = {"description": "outputs as JSON, or a JSON header followed by binary
                         tensors.BINARY_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def server_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return UNKNOWN_VERSION
-
-
 MODELS_STATE = "v2_models"  # app.state attribute: {name: V2Model} of the loaded checkpoint
 MODEL, VERSION = "/models/{model_name}", "/models/{model_name}/versions/{model_version}"
 
@@ -146,7 +135,7 @@ async def ready(request: Request) -> Response:
 
 def _metadata(request: Request, model_name: str, model_version: str | None) -> ModelMetadata:
     model = lookup(_models(request), model_name, model_version)
-    return ModelMetadata(**model.metadata(platform=f"dgae_{service(request).settings.backend}"))
+    return ModelMetadata(**model.metadata(platform=platform(service(request))))
 
 
 def _model_ready(request: Request, model_name: str, model_version: str | None) -> Response:
