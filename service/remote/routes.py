@@ -194,13 +194,18 @@ def _binary(description: str) -> dict:
     return {"schema": {"type": "string", "format": "binary"}, "description": description}
 
 
+# Documented as application/octet-stream (which OpenAPI tools can send); tensor/binary and no
+# Content-Type are accepted the same way.
+RAW_BODY = "application/octet-stream"
 DECODE_BODY = {"requestBody": {"required": True, "content": {
-    TENSOR_MEDIA: _binary("raw latents (little-endian, row-major) described by shape and dtype")}}}
+    RAW_BODY: _binary(f"raw latents (little-endian, row-major) described by shape and dtype ({TENSOR_MEDIA} too)")}}}
 ENCODE_BODY = {"requestBody": {"required": True, "content": {
-    TENSOR_MEDIA: _binary("raw float pixels in [-1, 1] described by shape and dtype"),
+    RAW_BODY: _binary(f"raw float pixels in [-1, 1] described by shape and dtype ({TENSOR_MEDIA} too), or an image"),
     **{t: _binary("one image") for t in ("image/png", "image/jpeg")}}}}
 TENSOR_HEADERS = {"shape": {"schema": {"type": "string"}, "description": "JSON list"},
                   "dtype": {"schema": {"type": "string"}, "description": "float16, float32, bfloat16 or uint8"}}
+TENSOR_OUT = {TENSOR_MEDIA: _binary("raw tensor described by the shape and dtype headers")}
+IMAGE_OUT = {WRITE_FORMATS[f]: _binary("one image") for f in ("png", "jpeg")}
 ERRORS = openapi_errors(400, 401, 413, 415, 422, 500, 503, 504)
 
 
@@ -210,9 +215,10 @@ def build_router() -> APIRouter:
     router.add_api_route("/decode", decode, methods=["POST"], summary="Decode latents (diffusers remote_decode)",
                          response_class=Response, openapi_extra=DECODE_BODY,
                          responses={200: {"description": "one image, or a tensor with shape/dtype headers",
-                                          "headers": TENSOR_HEADERS}, **ERRORS})
+                                          "headers": TENSOR_HEADERS, "content": {**IMAGE_OUT, **TENSOR_OUT}},
+                                    **ERRORS})
     router.add_api_route("/encode", encode, methods=["POST"], summary="Encode an image (diffusers remote_encode)",
                          response_class=Response, openapi_extra=ENCODE_BODY,
                          responses={200: {"description": "latents float32 with shape/dtype headers",
-                                          "headers": TENSOR_HEADERS}, **ERRORS})
+                                          "headers": TENSOR_HEADERS, "content": TENSOR_OUT}, **ERRORS})
     return router
