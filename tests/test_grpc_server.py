@@ -219,11 +219,30 @@ def _inflight(server) -> float:
     return sum(float(v) for v in re.findall(r'^dgae_inflight_pixels\{[^}]*\} (\S+)', text, re.M))
 
 
+def _refused_while_busy(s) -> None:
+    """The in-flight pixel budget is shared by both transports: with the slow decode holding all of
+    it, a gRPC call gets UNAVAILABLE with retry-after and an HTTP one 503 budget_full."""
+    small = np.zeros((1, C, 2, 2), np.float32)
+    with grpc.insecure_channel(s.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name=DECODER, raw_input_contents=[small.tobytes()])
+        request.inputs.add(name="latents", datatype="FP32", shape=list(small.shape))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, metadata=tuple(KEY.items()), timeout=TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "busy" in err.value.details()
+    assert ("retry-after", "1") in tuple(err.value.trailing_metadata())
+    r = httpx.post(s.url + "/decode", content=dump_npy(small), headers=AUTH, timeout=TIMEOUT_S)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "budget_full"
+
+
 def test_sigterm_drains_an_inflight_call(tiny_checkpoint, tmp_path):
     """Must show: SIGTERM while a gRPC decode is computing: the call completes with its images and
-    the process exits 0."""
+    the process exits 0. Meanwhile the decode holds the whole in-flight budget, refused on both
+    transports alike."""
     port = free_port()
-    with serve(tiny_checkpoint, tmp_path, *_flags(port, "--shutdown-timeout-s", "120")) as s:
+    budget = str((SLOW_SIDE * F) ** 2)  # exactly the slow decode's pixels
+    with serve(tiny_checkpoint, tmp_path, *_flags(port, "--shutdown-timeout-s", "120", "--inflight-pixels",
+                                                  budget)) as s:
         s.grpc_url = f"127.0.0.1:{port}"
         z = np.random.default_rng(1).standard_normal((1, C, SLOW_SIDE, SLOW_SIDE)).astype(np.float32)
         result: dict = {}
@@ -240,6 +259,8 @@ def test_sigterm_drains_an_inflight_call(tiny_checkpoint, tmp_path):
         deadline = time.monotonic() + TIMEOUT_S
         while _inflight(s) == 0 and worker.is_alive() and time.monotonic() < deadline:
             time.sleep(INFLIGHT_POLL_S)
+        assert worker.is_alive(), f"the decode finished before SIGTERM could be sent: {result}"
+        _refused_while_busy(s)
         assert worker.is_alive(), f"the decode finished before SIGTERM could be sent: {result}"
         s.proc.send_signal(signal.SIGTERM)
         worker.join(TIMEOUT_S)
