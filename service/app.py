@@ -27,6 +27,7 @@ from .core.settings import ServiceSettings
 from .native.info import build_router as info_router
 from .native.routes import build_router as native_router
 from .playground import install_playground
+from .remote import build_router as remote_router
 from .v2 import install as install_v2
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ class MetricsMiddleware:
                 m.failures.labels(route, scope.get(ERROR_CODE_SCOPE_KEY, f"http_{status}")).inc()
 
 
+async def _start_grpc(state: Engine):
+    """The gRPC server when ``grpc_port`` is set (grpcio and tritonclient[grpc] load only then)."""
+    if state.settings.grpc_port is None:
+        return None
+    from .grpc_oip import start as start_grpc  # noqa: PLC0415
+
+    return await start_grpc(state)
+
+
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
     """Build the app. ``backend`` (tests, embedding) skips loading from the configured checkpoint."""
     settings = settings or ServiceSettings()
@@ -74,9 +84,14 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         lifecycle.start(state)
+        grpc_server = await _start_grpc(state)
         try:
             yield
         finally:
+            if grpc_server is not None:  # in-flight gRPC calls finish before the batchers drain
+                from .grpc_oip import stop as stop_grpc  # noqa: PLC0415
+
+                await stop_grpc(grpc_server, settings.shutdown_timeout_s)
             await lifecycle.stop(state)
 
     app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan,
@@ -90,6 +105,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(native_router())
+    app.include_router(remote_router())  # Remote VAE (diffusers remote_decode / remote_encode) under /remote
     install_v2(app, state.spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
     install_playground(app)
 

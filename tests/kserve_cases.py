@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.v2.models import DECODER, ENCODER
+from service.core.oip import DECODER, ENCODER
 from service.v2.tensors import DATATYPES, HEADER_LENGTH
 from service_cases import AUTH, C, F, Limits
 

@@ -138,16 +138,24 @@ def out_of_memory(what: str, exc: BaseException, retry_after_s: int) -> OutOfMem
                        f"smaller request", headers=retry_after(retry_after_s))
 
 
-def response_for(exc: Exception, retry_after_s: int) -> JSONResponse:
-    """The JSON error response for any exception (used by handlers and by the batcher's callers)."""
+def describe(exc: Exception, retry_after_s: int) -> tuple[int, str, str, dict[str, str]]:
+    """(status, code, message, headers) of any exception, for every transport: typed errors by
+    class, allocation failures as 503 out_of_memory, anything else logged and answered 500 with a
+    generic message."""
     if is_out_of_memory(exc):
         log.error("out of memory while handling a request", exc_info=exc)
         exc = out_of_memory("handling the request", exc, retry_after_s)
     if isinstance(exc, DGAEError):
-        headers = exc.headers if isinstance(exc, ServiceError) else None
-        return error_response(status_of(exc), exc.code, str(exc), headers)
+        headers = exc.headers if isinstance(exc, ServiceError) else {}
+        return status_of(exc), exc.code, str(exc), headers
     log.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", INTERNAL_MESSAGE)
+    return 500, "internal_error", INTERNAL_MESSAGE, {}
+
+
+def response_for(exc: Exception, retry_after_s: int) -> JSONResponse:
+    """The JSON error response for any exception (used by handlers and by the batcher's callers)."""
+    status, code, message, headers = describe(exc, retry_after_s)
+    return error_response(status, code, message, headers or None)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

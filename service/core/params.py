@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from dgae.errors import TooLargeError
+from dgae.errors import InputError, TooLargeError
 from dgae.request import DecodeRequest, EncodeRequest, Seeds
 from dgae.sampler import SEED_BITS
 
@@ -21,6 +21,7 @@ from .errors import ParameterError, UnknownParameter
 
 MAX_SEED_DIGITS = len(str(2 ** SEED_BITS))  # longer digit strings are refused before int() parses them
 MAX_ECHO_CHARS = 40  # of a bad value quoted in an error
+PIXEL_RANGE = (-1.0, 1.0)  # float images on every protocol
 SEED_HELP = f"an integer in [0, 2**{SEED_BITS}) or a comma-separated list of them (one per item)"
 
 
@@ -91,6 +92,16 @@ def check_items(engine: Engine, n: int, height: int, width: int, what: str) -> N
     if height * width > s.max_pixels:
         raise TooLargeError(f"{what} of {width}x{height} = {height * width} pixels exceed the limit of "
                             f"{s.max_pixels} pixels per image")
+
+
+def float_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
+    """Float images sent as a tensor -> float32, refusing non-finite values or values outside
+    ``PIXEL_RANGE`` (the one check every protocol that takes float pixels applies)."""
+    lo, hi = PIXEL_RANGE
+    images = images.float()
+    if images.numel() and not (torch.isfinite(images).all() and images.min() >= lo and images.max() <= hi):
+        raise InputError(f"float {what} must be finite and lie in [{lo:g}, {hi:g}]")
+    return images
 
 
 def encode_request(engine: Engine, images: torch.Tensor, mode: str = "mean", seed: Seeds | str = None,

@@ -45,6 +45,8 @@ class ServiceSettings(BaseSettings):
     # --- network --------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve the Open Inference Protocol over "
+                                  "gRPC (inference.GRPCInferenceService) on this port; unset: HTTP only")
     log_level: str = "info"
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated bearer tokens; empty = no authentication")

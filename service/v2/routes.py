@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from importlib import metadata
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -32,14 +31,11 @@ from ..core.engine import ModelSpec
 from ..core.http import engine as service
 from ..core.http import require_api_key
 from . import tensors
-from .models import V2Model, build_models, lookup
+from ..core.oip import SERVER_NAME, V2Model, build_models, lookup, platform, server_version
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v2"
-SERVER_NAME = "dgae-serve"
-DISTRIBUTION = "dgae-serve"
-UNKNOWN_VERSION = "unknown"
 EXTENSIONS = ("binary_tensor_data", "parameters")
 BAD_REQUEST = 400
 BAD_REQUEST_STATUSES = (415, 422)  # native-route statuses that the protocol calls bad requests
@@ -116,13 +112,6 @@ INFER_OK = {"description": "outputs as JSON, or a JSON header followed by binary
                         tensors.BINARY_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}
 
 
-def server_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return UNKNOWN_VERSION
-
-
 MODELS_STATE = "v2_models"  # app.state attribute: {name: V2Model} of the loaded checkpoint
 MODEL, VERSION = "/models/{model_name}", "/models/{model_name}/versions/{model_version}"
 
@@ -146,7 +135,7 @@ async def ready(request: Request) -> Response:
 
 def _metadata(request: Request, model_name: str, model_version: str | None) -> ModelMetadata:
     model = lookup(_models(request), model_name, model_version)
-    return ModelMetadata(**model.metadata(platform=f"dgae_{service(request).settings.backend}"))
+    return ModelMetadata(**model.metadata(platform=platform(service(request))))
 
 
 def _model_ready(request: Request, model_name: str, model_version: str | None) -> Response:
@@ -187,7 +176,7 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
     body = tensors.decompress(body, request.headers.get("content-encoding"), s.max_body_bytes)
     length = tensors.header_length(request.headers.get(tensors.HEADER_LENGTH), len(body))
     req = await run_in_threadpool(tensors.parse_request, body, length, s.max_json_values)
-    response = await model.infer(svc, request, req)
+    response = await model.infer(svc, lambda op, pixels: svc.admission.admit(request, op, pixels), req)
     data, headers, media = await run_in_threadpool(tensors.encode_response, response)
     log.debug("%s: %s -> %d bytes", model.name, ", ".join(f"{t.name}{list(t.shape)}" for t in req.inputs.values()),
               len(data))

@@ -1,5 +1,6 @@
-"""Open Inference Protocol (KServe v2) tensors on the wire: the datatype table, request parsing
-(JSON tensors and the binary tensor data extension) and response encoding.
+"""Open Inference Protocol (KServe v2) tensors on the REST wire: request parsing (JSON tensors and
+the binary tensor data extension) and response encoding, into and from the transport-free
+requests and responses of :mod:`service.core.oip` (which holds the datatype table).
 
 A request body is a JSON inference header, optionally followed by raw tensor bytes: the
 ``Inference-Header-Content-Length`` header gives the JSON part's length, and each input sent that
@@ -16,68 +17,18 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from dgae.errors import InputError, TooLargeError
 
+from ..core.oip import (BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, DATATYPES, InferRequest, InferResponse,
+                        InputTensor, RequestedOutput, datatype_of)
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA = "application/octet-stream"
 JSON_MEDIA = "application/json"
-BINARY_DATA_SIZE = "binary_data_size"   # input / output parameter: bytes of this tensor after the JSON
-BINARY_DATA = "binary_data"             # requested-output parameter: send this output as bytes
-BINARY_DATA_OUTPUT = "binary_data_output"  # request parameter: default for every output
 ERROR_PREVIEW_CHARS = 200
-
-# The one datatype table: protocol name -> little-endian numpy dtype. BYTES and BF16 exist in the
-# protocol but no model here takes or returns them, so they are refused like unknown names.
-DATATYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in (
-    ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"),
-    ("INT8", "i1"), ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"),
-    ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"))}
-_NAME_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """The protocol name of an array's dtype (byte order normalised to little-endian)."""
-    name = _NAME_OF_DTYPE.get(array.dtype.newbyteorder("<"))
-    if name is None:
-        raise TypeError(f"no Open Inference Protocol datatype for numpy dtype {array.dtype}")
-    return name
-
-
-@dataclass(frozen=True)
-class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    array: np.ndarray  # already shaped; read-only view of the body for binary inputs
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    inputs: dict[str, InputTensor]
-    parameters: dict[str, bool | int | float | str]
-    outputs: list[RequestedOutput] | None  # None: every output of the model
-    binary_output: bool                    # the request's binary_data_output (default for outputs)
-    id: str | None = None
-
-
-@dataclass
-class InferResponse:
-    model_name: str
-    model_version: str
-    outputs: list[tuple[str, np.ndarray, bool]]  # (name, array, as binary)
-    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
-    id: str | None = None
-
 
 # --- requests --------------------------------------------------------------------------------------
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -228,13 +179,6 @@ def _outputs(value: object, binary_default: bool) -> list[RequestedOutput] | Non
 
 
 # --- responses -------------------------------------------------------------------------------------
-def check_json_output(name: str, values: int, binary: bool, max_values: int) -> None:
-    """Refuse (before computing) a JSON output larger than the service's JSON limit."""
-    if not binary and values > max_values:
-        raise InputError(f"output {name!r} has {values} values, over the JSON limit of {max_values}; ask for it "
-                         f"as binary data (outputs[].parameters.{BINARY_DATA} or {BINARY_DATA_OUTPUT})")
-
-
 def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str], str]:
     """(body, headers, media type): JSON alone, or the JSON header followed by binary outputs."""
     doc: dict = {"model_name": response.model_name, "model_version": response.model_version}

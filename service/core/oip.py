@@ -1,4 +1,7 @@
-"""The two Open Inference Protocol models of one loaded DGAE checkpoint.
+"""The Open Inference Protocol (KServe v2) without its transport: the datatype table, inference
+requests and responses as plain data, and the two models of one loaded DGAE checkpoint. The REST
+adapter (service.v2) and the gRPC adapter (service.grpc_oip) parse their wire formats into these
+and share everything else: checks, parameters, messages, admission by cost, the engine.
 
 ``dgae-encoder``: input ``images`` UINT8 [N, H, W, 3] (RGB pixels) or FP32 [N, 3, H, W] in
 [-1, 1]; parameters ``mode`` (mean | sample), ``seed`` (sample: int s, image i uses s+i, or
@@ -10,33 +13,87 @@ parameters ``steps``, ``seed`` (as for the encoder; random when neither is given
 
 Both build their requests with :mod:`service.core.params` and run through the engine, so
 batching, seeds, limits, messages and metrics are those of /encode and /decode: a decode with seed
-s returns what ``/decode?seed=s`` returns.
+s returns what ``/decode?seed=s`` returns. Admission is the transport's: each passes an ``admit``
+callable that reserves the request's cost for as long as the exchange lasts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Awaitable, Callable
 
 import numpy as np
 import torch
-from fastapi.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
 
 from dgae.errors import InputError
 from formats.images import to_tensor, to_uint8
 
-from ..core import codecs
-from ..core.engine import DECODE, ENCODE, Engine, ModelSpec
-from ..core.errors import ParameterError
-from ..core.params import check_items, decode_request, encode_request
-from .tensors import BINARY_DATA_OUTPUT, InferRequest, InferResponse, RequestedOutput, check_json_output
+from . import codecs
+from .engine import DECODE, ENCODE, Engine, ModelSpec
+from .errors import ParameterError
+from .params import check_items, decode_request, encode_request, float_images
 
+BINARY_DATA_SIZE = "binary_data_size"   # HTTP input / output parameter: bytes of this tensor after the JSON
+BINARY_DATA = "binary_data"             # HTTP requested-output parameter: send this output as bytes
+BINARY_DATA_OUTPUT = "binary_data_output"  # HTTP request parameter: default for every output
+# The one datatype table: protocol name -> little-endian numpy dtype. BYTES and BF16 exist in the
+# protocol but no model here takes or returns them, so they are refused like unknown names.
+DATATYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in (
+    ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"),
+    ("INT8", "i1"), ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"),
+    ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"))}
+_NAME_OF_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol name of an array's dtype (byte order normalised to little-endian)."""
+    name = _NAME_OF_DTYPE.get(array.dtype.newbyteorder("<"))
+    if name is None:
+        raise TypeError(f"no Open Inference Protocol datatype for numpy dtype {array.dtype}")
+    return name
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray  # already shaped; read-only view of the body for binary inputs
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    inputs: dict[str, InputTensor]
+    parameters: dict[str, bool | int | float | str]
+    outputs: list[RequestedOutput] | None  # None: every output of the model
+    binary_output: bool                    # the request's binary_data_output (default for outputs)
+    id: str | None = None
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: list[tuple[str, np.ndarray, bool]]  # (name, array, as binary)
+    parameters: dict[str, bool | int | float | str] = field(default_factory=dict)
+    id: str | None = None
+
+
+SERVER_NAME = "dgae-serve"
+DISTRIBUTION = "dgae-serve"
+UNKNOWN_VERSION = "unknown"
 ENCODER, DECODER = "dgae-encoder", "dgae-decoder"
 VERSION = "1"
 DYNAMIC = -1
 RGB = 3
 LATENT_DATATYPES = {"FP32": np.float32, "FP16": np.float16}
-PIXEL_RANGE = (-1.0, 1.0)
 MAX_NAME_CHARS = 100  # of an unknown model name or version echoed in an error
 
 
@@ -63,8 +120,10 @@ class TensorSpec:
             raise InputError(f"input {self.name!r} has an empty dimension {list(shape)}")
 
 
-# run(service, http request (for admission), parsed request, {output: binary}) -> (arrays, parameters)
-Infer = Callable[[Engine, Request, InferRequest, dict[str, bool]],
+# admit(operation, pixels): reserve the request's cost until the transport's exchange ends (or refuse)
+Admit = Callable[[str, int], None]
+# run(service, admit, parsed request, {output: binary}) -> (arrays, parameters)
+Infer = Callable[[Engine, Admit, InferRequest, dict[str, bool]],
                  Awaitable[tuple[dict[str, np.ndarray], dict]]]
 
 
@@ -104,11 +163,23 @@ class V2Model:
                 raise InputError(f"{self.name} has no output {out.name!r} (outputs: {', '.join(names)})")
         return {o.name: o.binary for o in wanted}
 
-    async def infer(self, svc: Engine, request: Request, req: InferRequest) -> InferResponse:
+    async def infer(self, svc: Engine, admit: Admit, req: InferRequest) -> InferResponse:
         binary = self.validate(req)
-        arrays, parameters = await self.run(svc, request, req, binary)
+        arrays, parameters = await self.run(svc, admit, req, binary)
         return InferResponse(self.name, VERSION, [(name, arrays[name], b) for name, b in binary.items()],
                              parameters, req.id)
+
+
+def server_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION
+
+
+def platform(svc: Engine) -> str:
+    """The models' ``platform`` in their metadata: the backend that runs them."""
+    return f"dgae_{svc.settings.backend}"
 
 
 class UnknownModel(InputError):
@@ -123,6 +194,13 @@ def lookup(models: dict[str, V2Model], name: str, version: str | None) -> V2Mode
     if version is not None and version != VERSION:
         raise UnknownModel(f"model {name!r} has no version {version[:MAX_NAME_CHARS]!r} (versions: {VERSION})")
     return model
+
+
+def check_json_output(name: str, values: int, binary: bool, max_values: int) -> None:
+    """Refuse (before computing) a JSON output larger than the service's JSON limit."""
+    if not binary and values > max_values:
+        raise InputError(f"output {name!r} has {values} values, over the JSON limit of {max_values}; ask for it "
+                         f"as binary data (outputs[].parameters.{BINARY_DATA} or {BINARY_DATA_OUTPUT})")
 
 
 # --- parameters ------------------------------------------------------------------------------------
@@ -147,14 +225,11 @@ def _image_tensor(req: InferRequest, svc: Engine) -> torch.Tensor:
     check_items(svc, len(arr), h, w, "images")
     if tensor.datatype == "UINT8":
         return to_tensor(arr)
-    lo, hi = PIXEL_RANGE
-    if not (np.isfinite(arr).all() and arr.min() >= lo and arr.max() <= hi):
-        raise InputError(f"FP32 images must be finite and lie in [{lo:g}, {hi:g}]")
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
+    return float_images(torch.from_numpy(np.array(arr, dtype=np.float32)), "FP32 images")
 
 
 def _encoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: Engine, request: Request, req: InferRequest, binary: dict[str, bool]):
+    async def run(svc: Engine, admit: Admit, req: InferRequest, binary: dict[str, bool]):
         s, p = svc.settings, req.parameters
         dtype_name = _text(p, "dtype", "FP32")
         if dtype_name not in LATENT_DATATYPES:
@@ -163,7 +238,7 @@ def _encoder(spec: ModelSpec) -> V2Model:
         mode = _text(p, "mode", "mean")
         enc = encode_request(svc, images, mode, p.get("seed") if mode == "sample" else None, _text(p, "tile", "auto"))
         n, _, h, w = images.shape
-        svc.admission.admit(request, ENCODE, n * h * w)  # the same cost admission as /encode
+        admit(ENCODE, n * h * w)  # the same cost admission as /encode
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
         latents = await svc.encode(enc)
         params = {"mode": mode, **({"seeds": _seeds_param(enc.seeds)} if mode == "sample" else {})}
@@ -191,13 +266,13 @@ def _decode_seeds(req: InferRequest, n: int):
 
 
 def _decoder(spec: ModelSpec) -> V2Model:
-    async def run(svc: Engine, request: Request, req: InferRequest, binary: dict[str, bool]):
+    async def run(svc: Engine, admit: Admit, req: InferRequest, binary: dict[str, bool]):
         s, p = svc.settings, req.parameters
         latents = torch.from_numpy(np.array(req.inputs["latents"].array, dtype=np.float32))
         dec = await run_in_threadpool(decode_request, svc, latents, p.get("steps"), _decode_seeds(req, len(latents)),
                                       _text(p, "tile", "auto"))
         n, _, h, w = latents.shape
-        svc.admission.admit(request, DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
+        admit(DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
         images = await svc.decode(dec)
         rgbs = await run_in_threadpool(to_uint8, images)
