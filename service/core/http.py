@@ -14,6 +14,9 @@ from .errors import Unauthorized
 from .params import unknown_parameters
 
 H_TIMING = "Server-Timing"  # "<op>;dur=<ms>": this request's wait in the batch queue + the model's batch
+# Response headers every HTTP adapter sets alike (the seeds and steps a request was served with, the model)
+H_SEEDS, H_STEPS, H_MODEL, H_SHA, H_MODE, H_SHAPE = (
+    "X-DGAE-Seeds", "X-DGAE-Steps", "X-DGAE-Model", "X-DGAE-Checkpoint-Sha256", "X-DGAE-Mode", "X-DGAE-Shape")
 MS_PER_S = 1000
 BEARER = "Bearer"
 _bearer = HTTPBearer(auto_error=False, description="required only when the server has API keys")

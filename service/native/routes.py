@@ -20,7 +20,8 @@ from formats.latents import encode_metadata, fit_infos, image_names
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE, Engine
 from ..core.errors import ParameterError, openapi_errors
-from ..core.http import H_TIMING, check_query, engine, require_api_key, timing
+from ..core.http import (H_MODE, H_MODEL, H_SEEDS, H_SHA, H_SHAPE, H_STEPS, H_TIMING, check_query, engine,
+                         require_api_key, timing)
 from ..core.params import SEED_HELP, decode_request, encode_request
 
 DEFAULT_QUALITY = 95
@@ -28,8 +29,6 @@ MAX_QUALITY = 100
 TILE_DOC = ("auto: images larger than the model's tile are processed as overlapping, blended tiles "
             "(bounded memory, linear time); off: in one piece (may run out of memory on large images)")
 LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-H_SEEDS, H_STEPS, H_MODEL, H_SHA, H_MODE, H_SHAPE = (
-    "X-DGAE-Seeds", "X-DGAE-Steps", "X-DGAE-Model", "X-DGAE-Checkpoint-Sha256", "X-DGAE-Mode", "X-DGAE-Shape")
 
 
 def model_headers(eng: Engine, **extra: str) -> dict[str, str]:

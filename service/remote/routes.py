@@ -30,14 +30,13 @@ from formats.images import WRITE_FORMATS, WRITE_SUFFIXES, encode_image, to_tenso
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE
 from ..core.errors import ParameterError, UnsupportedMediaType, openapi_errors
-from ..core.http import check_api_key, check_query, engine, timing
+from ..core.http import H_SEEDS, H_STEPS, check_api_key, check_query, engine, timing
 from ..core.params import SEED_HELP, decode_request, encode_request, float_images
 from .tensors import DTYPES, TENSOR_MEDIA, parse_tensor, tensor_response
 
 PREFIX = "/remote"
 DEFAULT_SEED = 0  # remote_decode has no seed argument: a decode without ?seed= is reproducible
 JPEG_QUALITY = 95
-H_SEEDS, H_STEPS = "X-DGAE-Seeds", "X-DGAE-Steps"
 TENSOR_BODY_TYPES = (TENSOR_MEDIA, "application/octet-stream", "")  # diffusers' encode sends no Content-Type
 IMAGE_BODY_TYPES = codecs.IMAGE_TYPES + TENSOR_BODY_TYPES
 TILE_DOC = "auto: tiles for images larger than the model's tile; off: one piece"
