@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 

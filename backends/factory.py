@@ -4,7 +4,8 @@
 TensorRT > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU (channels_last): a
 runtime whose start fails (e.g. its export does not validate) is skipped like an unavailable one,
 and the reason for the choice, naming every faster runtime skipped and why, is logged and kept
-as ``backend.auto_reason`` and ``backend.auto_skipped`` (the service shows both in ``/v1/model``). ``device`` narrows it: ``cpu`` considers only CPU runtimes, ``cuda[:N]`` only GPU ones,
+as ``backend.auto_reason`` and ``backend.auto_skipped`` (the service shows both in ``/v1/model``). ``device`` narrows
+it: ``cpu`` considers only CPU runtimes, ``cuda[:N]`` only GPU ones,
 ``auto`` (or None) both.
 
 Options (keyword arguments):
@@ -102,7 +103,9 @@ def choose_auto(device: str | None = "auto", **options) -> Candidate:
     candidates = auto_candidates(device, **options)
     chosen = next((c for c in candidates if c.available), None)
     if chosen is None:  # pragma: no cover - torch-cpu is always available when the CPU is allowed
-        raise BackendError("backend=auto: nothing can run here: " + "; ".join(f"{c.label}: {c.reason}" for c in candidates))
+        raise BackendError(
+            "backend=auto: nothing can run here: " + "; ".join(f"{c.label}: {c.reason}" for c in candidates)
+        )
     return chosen
 
 

@@ -51,8 +51,16 @@ class TorchBackend(Backend):
             self._graphed = GraphedSampler(self.denoise, self.device)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "cpu", precision: str = "fp32", compile: bool = False,
-                        max_batch_size: int = 0, cuda_graph: bool = False, channels_last: bool = False) -> "TorchBackend":
+    def from_checkpoint(
+        cls,
+        path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+        max_batch_size: int = 0,
+        cuda_graph: bool = False,
+        channels_last: bool = False,
+    ) -> "TorchBackend":
         model = load_checkpoint(path, device="cpu")
         return cls(model, device, precision, compile, file_sha256(path), max_batch_size, cuda_graph,
                    channels_last=channels_last)

@@ -128,7 +128,8 @@ def run(argv: list[str] | None = None) -> int:
                                  backend=args.backend, device=device, batch_size=args.batch_size,
                                  shard_size=DEFAULT_SHARD_SIZE, workers=args.workers, progress=False)
             # alternate which goes first, so that load drifting during a repeat favours neither
-            order = [("in_process", lambda: in_process(backend, batches)), ("bulk", lambda: bulk(backend, opts))]
+            order = [("in_process", lambda: in_process(backend, batches)),
+                     ("bulk", lambda opts=opts: bulk(backend, opts))]
             for name, fn in order if r % 2 == 0 else order[::-1]:
                 n, wall, cpu = timed(fn)
                 runs[name].append({"images": n, "wall_s": wall, "cpu_s": cpu, "img_s": n / wall,
@@ -150,10 +151,12 @@ def run(argv: list[str] | None = None) -> int:
               "machine": describe_machine(checkpoint)}
     path = write_json(args.out / f"{results_name('bulk', device)}.json", report)
     print(f"machine: {report['machine']['summary']}")
-    print(f"bulk encode {report['bulk_median']:.2f} img/s vs in-process backend encode {report['in_process_median']:.2f} "
-          f"img/s at batch {args.batch_size} ({len(usable)} images of {report['image_size'][1]}x"
-          f"{report['image_size'][0]} px): ratio {ratio:.2f}x (target >= {TARGET_RATIO}x); per CPU second "
-          f"(workers included): {cpu_ratio:.2f}x")
+    print(
+        f"bulk encode {report['bulk_median']:.2f} img/s vs in-process backend encode {report['in_process_median']:.2f} "
+        f"img/s at batch {args.batch_size} ({len(usable)} images of {report['image_size'][1]}x"
+        f"{report['image_size'][0]} px): ratio {ratio:.2f}x (target >= {TARGET_RATIO}x); per CPU second "
+        f"(workers included): {cpu_ratio:.2f}x"
+    )
     print(f"wrote {path}")
     return 0
 

@@ -63,11 +63,17 @@ def anchors_md(report: dict) -> str:
     unit = "CPU ms" if report.get("clock") == "cpu" else "ms"
     rows = [[r["label"], f"{r['params'] / 1e6:.1f}M", fmt(r["gflops_per_image"], ".1f"), fmt(r["ms_per_image"], ".1f"),
              fmt(r["images_per_s"], ".2f"), fmt(r["cost_vs_sd_vae"], ".2f")] for r in report["rows"]]
-    return "\n".join([_machine_line(report), "",
-                      f"Decode of {report['size']} px images, batch {report['batch']}, {report['precision']}, "
-                      f"{report.get('clock', 'wall')} clock; "
-                      f"DGAE preset `{report['preset']}`.", "",
-                      _table(["decoder", "params", "GFLOP / image", f"{unit} / image", "img/s", "cost ÷ SD-VAE"], rows)])
+    return "\n".join(
+        [
+            _machine_line(report),
+            "",
+            f"Decode of {report['size']} px images, batch {report['batch']}, {report['precision']}, "
+            f"{report.get('clock', 'wall')} clock; "
+            f"DGAE preset `{report['preset']}`.",
+            "",
+            _table(["decoder", "params", "GFLOP / image", f"{unit} / image", "img/s", "cost ÷ SD-VAE"], rows),
+        ]
+    )
 
 
 def sizes_md(report: dict) -> str:

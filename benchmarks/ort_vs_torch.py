@@ -2,7 +2,8 @@
 
     python -m benchmarks.ort_vs_torch --checkpoint CKPT [--onnx-dir DIR] [--batch 8] [--size 64] [--steps 2]
 
-Each backend runs one warm-up, then ``repeats`` timed decodes in its own block; the medians and their ratio are printed, with the max difference between the two
+Each backend runs one warm-up, then ``repeats`` timed decodes in its own block; the medians and their ratio are
+printed, with the max difference between the two
 outputs (same seeds, so they must agree to ~1e-6 in fp32). :func:`compare_decode` is the entry
 point for the benchmark suite.
 """
@@ -42,7 +43,9 @@ def compare_decode(checkpoint, onnx_dir=None, batch: int = DEFAULT_BATCH, size: 
                                  use_unrolled=use_unrolled)
     cfg = torch_backend.config
     side = size // cfg.downsample_factor
-    latents = torch.randn((batch, cfg.latent_channels, side, side), generator=torch.Generator().manual_seed(LATENT_SEED))
+    latents = torch.randn(
+        (batch, cfg.latent_channels, side, side), generator=torch.Generator().manual_seed(LATENT_SEED)
+    )
     runs = {"torch": lambda: torch_backend.decode(latents, steps, DECODE_SEED),
             "onnxruntime": lambda: ort_backend.decode(latents, steps, DECODE_SEED)}
     outs = {name: fn() for name, fn in runs.items()}  # warm-up (and the outputs to compare)

@@ -3,7 +3,8 @@
 Each (size, tiling, operation) runs in a fresh process, so its peak RSS (VmHWM) is its own: the
 process loads the backend, warms it up on a small image, then times one call at the target size
 (the median of ``repeats`` calls at small sizes), in wall time or, with ``--clock cpu``, in the
-process's CPU time (with ``--threads 1``: the cost on a dedicated core, robust to other load). Untiled rows run only up to ``untiled_max``
+process's CPU time (with ``--threads 1``: the cost on a dedicated core, robust to other load). Untiled rows run only up
+to ``untiled_max``
 (beyond it they need more memory than the machine has: that is the point of tiling). The summary
 gives decode cost per megapixel at each size divided by the cost per megapixel at the smallest
 size, from the same run and the same steps.

@@ -194,9 +194,11 @@ def render(checkpoint_info: dict, rows: list[dict], manifest: dict | None, resul
     if best is not None and base is not None:
         wins = best["lpips"] < base["lpips"] and _num(best["psnr"]) > _num(base["psnr"])
         verdict = "beats" if wins else "does NOT beat (on both PSNR and LPIPS)"
-        lines.append(f"- At {result['best_steps']} decode step(s) the model {verdict} the equal-size thumbnail baseline "
-                     f"(PSNR {_num(best['psnr']):.2f} vs {_num(base['psnr']):.2f} dB, "
-                     f"LPIPS {best['lpips']:.4f} vs {base['lpips']:.4f}).")
+        lines.append(
+            f"- At {result['best_steps']} decode step(s) the model {verdict} the equal-size thumbnail baseline "
+            f"(PSNR {_num(best['psnr']):.2f} vs {_num(base['psnr']):.2f} dB, "
+            f"LPIPS {best['lpips']:.4f} vs {base['lpips']:.4f})."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,9 @@ class DenoiserGraph(nn.Module):
         return self.decoder.forward_buffer(torch.cat([x_t, z], dim=1), t)  # [B, 3, H, W]
 
 
-def graph_specs(name: str, config: DGAEConfig, precision: str) -> tuple[tuple[mf.TensorSpec, ...], tuple[mf.TensorSpec, ...]]:
+def graph_specs(
+    name: str, config: DGAEConfig, precision: str
+) -> tuple[tuple[mf.TensorSpec, ...], tuple[mf.TensorSpec, ...]]:
     """(inputs, outputs) of a graph with symbolic dims batch/height/width (latent_* for the encoder)."""
     io = get_precision(precision, ExportError, NUMPY_PRECISIONS).numpy_name
     c, img = config.latent_channels, ("batch", IMAGE_CHANNELS, "height", "width")

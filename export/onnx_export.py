@@ -243,7 +243,9 @@ def export_onnx(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
-        export_model = model if precision == "fp32" else load_checkpoint(path, dtype=get_precision(precision).torch_dtype)
+        export_model = (
+            model if precision == "fp32" else load_checkpoint(path, dtype=get_precision(precision).torch_dtype)
+        )
         entries, protos = {}, {}
         for name in names:
             if name == mf.UNROLLED:
@@ -255,7 +257,9 @@ def export_onnx(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike
             file = staging / f"{name}.onnx"
             save_graph(protos[name], file)
             inputs, outputs = graph_specs(name, cfg, precision)
-            extra = {"steps": plan.steps, "solver": plan.solver, "timesteps": list(plan.ts)} if name == mf.UNROLLED else {}
+            extra = (
+                {"steps": plan.steps, "solver": plan.solver, "timesteps": list(plan.ts)} if name == mf.UNROLLED else {}
+            )
             entries[name] = mf.GraphEntry(file.name, file_sha256(file), inputs, outputs, extra)
         manifest = mf.Manifest(kind=mf.KIND_ONNX, checkpoint_sha256=file_sha256(path), preset=cfg.name,
                                config=cfg.to_dict(), opset=opset, precision=precision,

@@ -78,7 +78,9 @@ def parse_hw(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def profile_shapes(entry: mf.GraphEntry, shapes: ShapeRange, downsample_factor: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(
+    entry: mf.GraphEntry, shapes: ShapeRange, downsample_factor: int
+) -> dict[str, tuple[tuple[int, ...], ...]]:
     """input name -> (min, opt, max) concrete shapes, from the manifest's symbolic dims."""
     def concrete(dims, which: int) -> tuple[int, ...]:
         batch = (shapes.min_batch, shapes.opt_batch, shapes.max_batch)[which]
@@ -155,9 +157,18 @@ def make_build_plan(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
         raise ExportError(f"workspace must be > 0 GiB, got {workspace_gib}")
     engines = tuple(EngineSpec(n, manifest.graphs[n].file, f"{n}.engine",
                                profile_shapes(manifest.graphs[n], shapes, config.downsample_factor)) for n in names)
-    return BuildPlan(str(onnx_dir), str(out_dir), precision, builder_flags(precision, manifest.precision),
-                     int(workspace_gib * GIB), str(timing_cache or out_dir / TIMING_CACHE_NAME),
-                     optimization_level, shapes, engines, command or rebuild_command(onnx_dir, out_dir, precision, shapes))
+    return BuildPlan(
+        str(onnx_dir),
+        str(out_dir),
+        precision,
+        builder_flags(precision, manifest.precision),
+        int(workspace_gib * GIB),
+        str(timing_cache or out_dir / TIMING_CACHE_NAME),
+        optimization_level,
+        shapes,
+        engines,
+        command or rebuild_command(onnx_dir, out_dir, precision, shapes),
+    )
 
 
 def rebuild_command(onnx_dir, out_dir, precision: str, shapes: ShapeRange) -> str:
@@ -177,14 +188,24 @@ def engine_manifest(onnx_manifest: mf.Manifest, plan: BuildPlan, trt_version: st
     graphs = {}
     for spec in plan.engines:
         entry = onnx_manifest.graphs[spec.graph]
-        graphs[spec.graph] = dataclasses.replace(entry, file=spec.engine_file, sha256=file_sha256(out / spec.engine_file),
-                                                 extra={**entry.extra, "onnx_file": spec.onnx_file,
-                                                        "onnx_sha256": entry.sha256})
-    trt = {"version": trt_version, "gpu_name": gpu.get("name", ""), "compute_capability": gpu.get("compute_capability", ""),
-           "precision": plan.precision, "flags": list(plan.flags), "workspace_bytes": plan.workspace_bytes,
-           "optimization_level": plan.optimization_level, "shapes": dataclasses.asdict(plan.shapes),
-           "profiles": {s.graph: {k: [list(x) for x in v] for k, v in s.profile.items()} for s in plan.engines},
-           "command": plan.command}
+        graphs[spec.graph] = dataclasses.replace(
+            entry,
+            file=spec.engine_file,
+            sha256=file_sha256(out / spec.engine_file),
+            extra={**entry.extra, "onnx_file": spec.onnx_file, "onnx_sha256": entry.sha256},
+        )
+    trt = {
+        "version": trt_version,
+        "gpu_name": gpu.get("name", ""),
+        "compute_capability": gpu.get("compute_capability", ""),
+        "precision": plan.precision,
+        "flags": list(plan.flags),
+        "workspace_bytes": plan.workspace_bytes,
+        "optimization_level": plan.optimization_level,
+        "shapes": dataclasses.asdict(plan.shapes),
+        "profiles": {s.graph: {k: [list(x) for x in v] for k, v in s.profile.items()} for s in plan.engines},
+        "command": plan.command,
+    }
     return dataclasses.replace(onnx_manifest, kind=mf.KIND_TENSORRT, graphs=graphs, tensorrt=trt,
                                versions={**onnx_manifest.versions, "tensorrt": trt_version})
 
@@ -200,8 +221,11 @@ def check_engine_compat(manifest: mf.Manifest, trt_version: str, gpu_name: str, 
         problems.append(f"built on {built.get('gpu_name')!r} (sm {built.get('compute_capability')}), "
                         f"this GPU is {gpu_name!r} (sm {compute_capability})")
     if problems:
-        raise BackendError(f"TensorRT engines in {directory or 'the engine dir'} cannot be loaded here: "
-                           f"{'; '.join(problems)}. Rebuild them on this machine: {built.get('command') or 'dgae export tensorrt --onnx ONNX_DIR -o ENGINE_DIR'}")
+        raise BackendError(
+            f"TensorRT engines in {directory or 'the engine dir'} cannot be loaded here: "
+            f"{'; '.join(problems)}. Rebuild them on this machine: "
+            f"{built.get('command') or 'dgae export tensorrt --onnx ONNX_DIR -o ENGINE_DIR'}"
+        )
 
 
 # --- the part that needs TensorRT ----------------------------------------------------------------

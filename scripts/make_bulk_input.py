@@ -35,7 +35,9 @@ def bad_files(out: Path, sample_jpeg: bytes, sample_png: bytes) -> list[Path]:
         "truncated.jpg": sample_jpeg[: len(sample_jpeg) // 3],
         "text_named_as_image.png": b"this is a text file, not an image\n",
         "random_bytes.jpg": np.random.default_rng(0).integers(0, 256, RANDOM_BYTES, dtype=np.uint8).tobytes(),
-        "damaged_header.png": sample_png[:PNG_HEADER_BYTES] + b"\x00" * PNG_HEADER_BYTES + sample_png[2 * PNG_HEADER_BYTES:],
+        "damaged_header.png": sample_png[:PNG_HEADER_BYTES]
+        + b"\x00" * PNG_HEADER_BYTES
+        + sample_png[2 * PNG_HEADER_BYTES :],
     }
     for name, data in files.items():
         (out / name).write_bytes(data)

@@ -178,8 +178,9 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
             "Content-Type": "application/json", "Content-Encoding": "br"}}, "Content-Encoding"),
         BadV2("corrupt gzip body", dec, {"content": gzip.compress(b'{"inputs": []}')[:-6], "headers": {
             "Content-Encoding": "gzip"}}, "gzip"),
-        BadV2("bytes after the gzip stream", dec, {"content": gzip.compress(json.dumps({"inputs": [lat]}).encode())
-                                                   + b"junk", "headers": {"Content-Encoding": "gzip"}}, "follow the end"),
+        BadV2("bytes after the gzip stream", dec,
+              {"content": gzip.compress(json.dumps({"inputs": [lat]}).encode()) + b"junk",
+               "headers": {"Content-Encoding": "gzip"}}, "follow the end"),
         BadV2("id not a string", dec, _json({"id": 5, "inputs": [lat]}), "'id'"),
         # not 400: the same limits and auth as the native routes
         BadV2("too many latents", dec, _binary({"inputs": [{**zbin, "shape": list(over_items.shape), "parameters": {

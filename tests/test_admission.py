@@ -158,7 +158,9 @@ def test_reservations_are_released_however_the_request_ends(tiny_checkpoint):
         wait_ready(c)
         hdr = {**AUTH, "Content-Type": "image/png"}
         assert c.post("/encode?format=json", content=png(128, 128), headers=hdr).status_code == 422  # after admit
-        assert c.post("/decode?seed=1,2,3", content=st_bytes(latents()), headers=AUTH).status_code == 400  # before admit
+        assert (
+            c.post("/decode?seed=1,2,3", content=st_bytes(latents()), headers=AUTH).status_code == 400
+        )  # before admit
         assert c.post("/encode", content=png(SMALL * F, SMALL * F), headers=hdr).status_code == 200
         assert c.post("/decode", content=st_bytes(latents(1, SMALL, SMALL)), headers=AUTH).status_code == 200
         text = c.get("/metrics").text

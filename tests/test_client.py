@@ -239,7 +239,9 @@ def test_async_client_retries_like_the_sync_one(tmp_path):
 
 
 def test_the_client_imports_nothing_of_the_project_nor_torch():
-    code = f"import sys, dgae_client; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN_MODULES!r})))"
+    code = (
+        f"import sys, dgae_client; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FORBIDDEN_MODULES!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -115,7 +115,9 @@ def test_posterior_sample_uses_the_services_per_sample_seeds(vae, model):
     public = pipeline.to_public(model.config, z)
     torch.testing.assert_close(public, model.encode(x, "sample", seeds=[3, 4]), rtol=0, atol=1e-6)
     gen = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(gen, vae.encode(x).latent_dist.sample(seeds=draw_seed(torch.Generator().manual_seed(0), 2)))
+    torch.testing.assert_close(
+        gen, vae.encode(x).latent_dist.sample(seeds=draw_seed(torch.Generator().manual_seed(0), 2))
+    )
 
 
 def test_decode_of_pipeline_latents_is_the_models_decode_of_the_public_latents(vae, model):
@@ -131,7 +133,8 @@ def test_decode_of_pipeline_latents_is_the_models_decode_of_the_public_latents(v
 
 def test_generators_map_to_per_sample_seeds(vae):
     z = torch.randn(2, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(2))
-    dec = lambda **kw: vae.decode(z, num_inference_steps=STEPS, **kw).sample
+    def dec(**kw):
+        return vae.decode(z, num_inference_steps=STEPS, **kw).sample
     one = dec(generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(one, dec(generator=torch.Generator().manual_seed(0)), rtol=0, atol=0)
     torch.testing.assert_close(one, dec(seeds=draw_seed(torch.Generator().manual_seed(0), 2)), rtol=0, atol=0)
@@ -169,7 +172,9 @@ def test_tiling_runs_the_services_tiled_sequence(vae, model):
     expected = pipeline.decode(cfg, model.decoder.forward_buffer,
                                DecodeRequest.resolve(cfg, pipeline.to_public(cfg, z), STEPS, [4], "auto"))
     torch.testing.assert_close(tiled, expected, rtol=0, atol=1e-5)
-    expected_z = pipeline.from_public(cfg, pipeline.encode(cfg, model.encoder, EncodeRequest.resolve(cfg, x, tile="auto")))
+    expected_z = pipeline.from_public(
+        cfg, pipeline.encode(cfg, model.encoder, EncodeRequest.resolve(cfg, x, tile="auto"))
+    )
     torch.testing.assert_close(tiled_z, expected_z, rtol=0, atol=1e-5)
     assert not torch.allclose(tiled, untiled, atol=1e-6)  # the tiles really ran
     vae.disable_tiling()

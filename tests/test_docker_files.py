@@ -289,10 +289,17 @@ def test_final_stages_copy_nothing_from_the_build_context(target):
 
 def test_build_inputs_are_in_the_context_but_never_committed():
     assert in_context("docker/build-inputs/ca-certificates.crt") and in_context("docker/build-inputs/wheels/t.whl")
-    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=REPO, capture_output=True, timeout=60).returncode:
+    if subprocess.run(
+        ["git", "rev-parse", "--is-inside-work-tree"], cwd=REPO, capture_output=True, timeout=60
+    ).returncode:
         pytest.skip("not a git work tree")
-    ignored = subprocess.run(["git", "check-ignore", "docker/build-inputs/wheels/t.whl",
-                              "docker/build-inputs/ca-certificates.crt"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "docker/build-inputs/wheels/t.whl", "docker/build-inputs/ca-certificates.crt"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     kept = subprocess.run(["git", "check-ignore", "-q", "docker/build-inputs/README.md"], cwd=REPO, timeout=60)
     assert ignored.returncode == 0 and len(ignored.stdout.split()) == 2, ignored.stdout + ignored.stderr
     assert kept.returncode == 1

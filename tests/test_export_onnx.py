@@ -39,7 +39,7 @@ def test_manifest_describes_the_export(onnx_dir, tiny_checkpoint):
     assert g[mf.DENOISER]["inputs"][1] == {"name": "t", "shape": ["batch"], "dtype": "float32"}
     assert g[mf.ENCODER]["outputs"][0]["shape"] == ["batch", 4, "latent_height", "latent_width"]
     assert g[mf.UNROLLED]["extra"]["steps"] == UNROLL_STEPS and g[mf.UNROLLED]["extra"]["timesteps"] == [1.0, 0.5, 0.0]
-    for name, entry in g.items():
+    for entry in g.values():
         assert file_sha256(onnx_dir / entry["file"]) == entry["sha256"]
     # Validation ran: every graph at 2 batch sizes x 2 image sizes, all within the fp32 tolerance.
     rows = raw["validation"]

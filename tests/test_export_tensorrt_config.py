@@ -106,13 +106,19 @@ def test_engine_manifest_and_compat(onnx_dir, tmp_path):
     assert back.tensorrt["version"] == "10.7.0" and back.tensorrt["gpu_name"] == gpu["name"]
     assert back.tensorrt["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and back.versions["tensorrt"] == "10.7.0"
     assert back.tensorrt["profiles"]["denoiser"]["t"] == [[1], [4], [8]]
-    assert back.graphs["encoder"].file == "encoder.engine" and back.graphs["encoder"].extra["onnx_file"] == "encoder.onnx"
+    assert (
+        back.graphs["encoder"].file == "encoder.engine" and back.graphs["encoder"].extra["onnx_file"] == "encoder.onnx"
+    )
     with pytest.raises(BackendError, match="expected 'dgae-onnx'"):
         mf.read_manifest(out)
     tb.check_engine_compat(back, "10.7.0", gpu["name"], "9.0", out)  # same machine: fine
-    with pytest.raises(BackendError, match=r"TensorRT '10.7.0' built them, this process has '10.9.0'.*Rebuild .*dgae export tensorrt"):
+    with pytest.raises(
+        BackendError, match=r"TensorRT '10.7.0' built them, this process has '10.9.0'.*Rebuild .*dgae export tensorrt"
+    ):
         tb.check_engine_compat(back, "10.9.0", gpu["name"], "9.0", out)
-    with pytest.raises(BackendError, match=r"built on 'NVIDIA H100 80GB HBM3' \(sm 9.0\), this GPU is 'NVIDIA L4' \(sm 8.9\)"):
+    with pytest.raises(
+        BackendError, match=r"built on 'NVIDIA H100 80GB HBM3' \(sm 9.0\), this GPU is 'NVIDIA L4' \(sm 8.9\)"
+    ):
         tb.check_engine_compat(back, "10.7.0", "NVIDIA L4", "8.9", out)
 
 

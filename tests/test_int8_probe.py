@@ -21,7 +21,9 @@ def photo_set(tmp_path_factory):
     files = []
     for i, split in enumerate(("train", "train", "val", "val")):
         y, x = np.mgrid[0:MAX_SIDE, 0:MAX_SIDE + 8]
-        rgb = np.stack([128 + 90 * np.sin(x / rng.uniform(3, 8) + c) * np.cos(y / rng.uniform(4, 9)) for c in range(3)], -1)
+        rgb = np.stack(
+            [128 + 90 * np.sin(x / rng.uniform(3, 8) + c) * np.cos(y / rng.uniform(4, 9)) for c in range(3)], -1
+        )
         Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(root / f"p{i}.png")
         files.append({"file": f"p{i}.png", "id": f"t/p{i}", "source": "test", "source_version": "1",
                       "licence": "CC0-1.0", "split": split})

@@ -190,7 +190,9 @@ def test_inference_service_runs_the_image_as_a_v2_predictor(monkeypatch):
     model = isvc["spec"]["predictor"]["model"]
     assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
     assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["modelFormat"] in [{k: f[k] for k in ("name", "version")} for f in runtime["spec"]["supportedModelFormats"]]
+    assert model["modelFormat"] in [
+        {k: f[k] for k in ("name", "version")} for f in runtime["spec"]["supportedModelFormats"]
+    ]
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == "kserve-container"
     assert {e["name"] for e in container["env"]} <= known_env_names()

@@ -55,4 +55,6 @@ def test_sdpa_memory_stays_linear_in_tokens():
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1], check=False)
     assert proc.returncode == 0, proc.stderr
     grown, scores_bytes = int(proc.stdout.strip()), heads * n * n * 4
-    assert grown < scores_bytes / 8, f"peak RSS grew by {grown / 2**20:.0f} MiB (scores: {scores_bytes / 2**20:.0f} MiB)"
+    assert grown < scores_bytes / 8, (
+        f"peak RSS grew by {grown / 2**20:.0f} MiB (scores: {scores_bytes / 2**20:.0f} MiB)"
+    )

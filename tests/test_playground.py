@@ -35,8 +35,16 @@ EXTERNAL_URL = re.compile(r"""(?:src|href|url|fetch)\s*[=(]\s*["'`]?\s*(?:https?
 
 
 def make_client(checkpoint, **overrides) -> TestClient:
-    settings = ServiceSettings(**{"backend": "torch", "checkpoint": str(checkpoint), "max_wait_ms": 5, "torch_threads": 1,
-                                  "default_steps": 1, **overrides})
+    settings = ServiceSettings(
+        **{
+            "backend": "torch",
+            "checkpoint": str(checkpoint),
+            "max_wait_ms": 5,
+            "torch_threads": 1,
+            "default_steps": 1,
+            **overrides,
+        }
+    )
     return TestClient(create_app(settings))
 
 

@@ -193,7 +193,8 @@ def test_upload_shows_reconstruction_heatmap_and_the_psnr_the_test_recomputes(br
     w, h = PHOTO_SIZE
     heat = page.evaluate("""() => { const c = document.getElementById('heatmap');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+        let lo = 255, hi = 0;
+        for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
         return [c.width, c.height, hi - lo]; }""")
     assert heat[:2] == [w, h] and heat[2] > 0, f"heatmap not drawn: {heat}"
 

@@ -37,8 +37,19 @@ API_KEY = AUTH["Authorization"].split()[1]
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    flags = ["--backend", "torch", "--api-keys", API_KEY, "--max-wait-ms", "20", "--torch-threads", "1", "--default-steps", "1",
-             *LIMITS.flags()]
+    flags = [
+        "--backend",
+        "torch",
+        "--api-keys",
+        API_KEY,
+        "--max-wait-ms",
+        "20",
+        "--torch-threads",
+        "1",
+        "--default-steps",
+        "1",
+        *LIMITS.flags(),
+    ]
     with serve(tiny_checkpoint, tmp_path_factory.mktemp("remote"), *flags) as s:
         yield s
 

@@ -169,12 +169,19 @@ def test_metrics_cover_requests_failures_batches_and_images(client):
     client.post("/decode?seed=1", content=st_bytes(latents()), headers=AUTH)
     client.post("/decode?steps=0", content=st_bytes(latents()), headers=AUTH)
     text = client.get("/metrics").text
-    for needle in ('dgae_requests_total{route="/decode",status="200"}',
-                   'dgae_request_failures_total{reason="invalid_parameter",route="/decode"}',
-                   'dgae_batch_size_count{operation="decode"}', 'dgae_queue_duration_seconds_count{operation="decode"}',
-                   'dgae_compute_duration_seconds_count{operation="encode"}', 'dgae_pending_requests{operation="decode"} 0.0',
-                   "dgae_images_encoded_total", "dgae_images_decoded_total", 'dgae_decode_steps_bucket{le="1.0"}',
-                   "dgae_ready 1.0", 'dgae_requests_total{route="unmatched",status="404"}'):
+    for needle in (
+        'dgae_requests_total{route="/decode",status="200"}',
+        'dgae_request_failures_total{reason="invalid_parameter",route="/decode"}',
+        'dgae_batch_size_count{operation="decode"}',
+        'dgae_queue_duration_seconds_count{operation="decode"}',
+        'dgae_compute_duration_seconds_count{operation="encode"}',
+        'dgae_pending_requests{operation="decode"} 0.0',
+        "dgae_images_encoded_total",
+        "dgae_images_decoded_total",
+        'dgae_decode_steps_bucket{le="1.0"}',
+        "dgae_ready 1.0",
+        'dgae_requests_total{route="unmatched",status="404"}',
+    ):
         assert needle in text, needle
 
 
@@ -186,7 +193,9 @@ def test_openapi_documents_parameters_limits_and_errors(client):
     steps = next(p for p in dec["parameters"] if p["name"] == "steps")
     assert steps["schema"]["anyOf"][0]["minimum"] == 1 and "/v1/model" in steps["description"]
     assert {"400", "401", "413", "415", "422", "500", "503", "504"} <= set(dec["responses"])
-    assert "multipart/form-data" in enc["requestBody"]["content"] and "application/json" in dec["requestBody"]["content"]
+    assert (
+        "multipart/form-data" in enc["requestBody"]["content"] and "application/json" in dec["requestBody"]["content"]
+    )
     assert client.get("/docs").status_code == 200
 
 
@@ -307,7 +316,9 @@ class ConfigOnly(Backend):
         raise NotImplementedError
 
 
-def test_cli_decode_of_a_service_encoding_restores_the_size_through_the_validated_path(client, tmp_path, tiny_checkpoint):
+def test_cli_decode_of_a_service_encoding_restores_the_size_through_the_validated_path(
+    client, tmp_path, tiny_checkpoint
+):
     """/encode?fit=pad writes fit metadata; `dgae decode` restores the original size with the same
     validation as /decode, so metadata the service refuses is refused by the CLI too."""
     import json as _json
@@ -319,7 +330,9 @@ def test_cli_decode_of_a_service_encoding_restores_the_size_through_the_validate
     lat = tmp_path / "z.safetensors"
     lat.write_bytes(enc.content)
     out = tmp_path / "rec.png"
-    assert dgae_main(["decode", str(lat), "-o", str(out), "-c", str(tiny_checkpoint), "--steps", "1", "--seed", "4"]) == 0
+    assert (
+        dgae_main(["decode", str(lat), "-o", str(out), "-c", str(tiny_checkpoint), "--steps", "1", "--seed", "4"]) == 0
+    )
     cli_rgb = np.asarray(Image.open(out))
     assert cli_rgb.shape == (30, 21, 3)  # png(h, w): neither side a multiple of f
     served = client.post("/decode?steps=1&seed=4", content=enc.content, headers=AUTH)

@@ -79,8 +79,11 @@ class Trainer:
 
             lpips = LPIPS(cfg.lpips_net).to(self.device)
         self.objective = self.build_objective(lpips)
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.local_rank] if cuda else None)
-                    if self.distributed else self.model)
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.local_rank] if cuda else None)
+            if self.distributed
+            else self.model
+        )
         self.dataset = ImageFolderDataset(data, split="train", crop_size=cfg.crop_size, train=True,
                                           max_side=cfg.max_side, crops_per_image=64)
         self.val = ImageFolderDataset(data, split="val", crop_size=cfg.crop_size, train=False,

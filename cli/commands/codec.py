@@ -39,7 +39,9 @@ def encode_batches(backend: Backend, rgbs: list[np.ndarray], mode: str, seeds: l
 def decode_batches(backend: Backend, latents: torch.Tensor, steps: int | None, seeds: list[int],
                    batch_size: int, progress: bool = True, tile: str = "auto") -> np.ndarray:
     out = []
-    for i in tqdm(range(0, len(latents), batch_size), desc="decode", disable=not progress or len(latents) <= batch_size):
+    for i in tqdm(
+        range(0, len(latents), batch_size), desc="decode", disable=not progress or len(latents) <= batch_size
+    ):
         out.append(to_uint8(backend.decode(latents[i:i + batch_size], steps, seeds[i:i + batch_size], tile)))
     return np.concatenate(out)
 

@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compute")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per encode call (split further above the backend's own limit)")
-    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="DataLoader workers decoding images (0: inline)")
+    g.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="DataLoader workers decoding images (0: inline)"
+    )
     g.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default; Ray actors: their CPUs). CPU results depend "
                         "on it in the last bits: give both engines the same count for identical shards")

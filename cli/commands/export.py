@@ -102,10 +102,25 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
     plan = make_build_plan(args.onnx, args.output, args.precision, shapes, args.workspace_gib, args.timing_cache,
                            args.graphs.split(",") if args.graphs else None, args.opt_level)
     if args.dry_run:
-        print(json.dumps({"precision": plan.precision, "flags": plan.flags, "workspace_bytes": plan.workspace_bytes,
-                          "timing_cache": plan.timing_cache,
-                          "engines": {e.graph: {"onnx": e.onnx_file, "engine": e.engine_file, "profile": {k: ["x".join(map(str, s)) for s in v] for k, v in e.profile.items()}}
-                                      for e in plan.engines}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "precision": plan.precision,
+                    "flags": plan.flags,
+                    "workspace_bytes": plan.workspace_bytes,
+                    "timing_cache": plan.timing_cache,
+                    "engines": {
+                        e.graph: {
+                            "onnx": e.onnx_file,
+                            "engine": e.engine_file,
+                            "profile": {k: ["x".join(map(str, s)) for s in v] for k, v in e.profile.items()},
+                        }
+                        for e in plan.engines
+                    },
+                },
+                indent=2,
+            )
+        )
         return 0
     manifest = build_engines(plan)
     print(f"wrote {', '.join(e.file for e in manifest.graphs.values())} and {mf.MANIFEST_NAME} to {args.output} "

@@ -145,7 +145,9 @@ class LPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != IMAGE_CHANNELS:
-            raise InputError(f"LPIPS expects two [N, 3, H, W] tensors of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise InputError(
+                f"LPIPS expects two [N, 3, H, W] tensors of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         n = x.shape[0]
         # Both images go through the trunk in one batch: [2N, 3, H, W].
         both = (torch.cat([x, y], dim=0).to(self.shift.dtype) - self.shift) / self.scale
