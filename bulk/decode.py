@@ -25,6 +25,7 @@ from dgae.datasets import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, Latent
     sample_key
 from dgae.errors import InputError
 from dgae.imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size, to_uint8
+from dgae.imageio import OUTPUT_FORMATS as WRITABLE_IMAGE_FORMATS
 from dgae.latents_io import fit_infos, load_latents
 
 from .runtime import RuntimeOptions
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 LATENT_SUFFIXES = (".npy", ".safetensors")
 OUTPUT_FORMATS = ("wds", "folder")
-IMAGE_FORMATS = ("png", "webp", "jpeg")
+IMAGE_FORMATS = tuple(WRITABLE_IMAGE_FORMATS)  # the formats dgae.imageio writes
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 8
 ITEM_SEPARATOR = "#"  # source id of latent i of a multi-latent file: "<relative path>#<i>"
