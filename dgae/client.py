@@ -15,6 +15,14 @@ one size after the server's ``fit``. Latents may be numpy arrays or torch tensor
 (N, c, h, w), or the bytes / path of a .safetensors or .npy latents file. ``return_tensors="pt"``
 returns torch tensors instead of numpy arrays.
 
+Original sizes survive the round trip: ``encode`` asks for safetensors and returns the latents with
+the server's metadata (each image's original size and ``fit``) attached as ``.metadata`` (a
+:class:`Latents` numpy array, or a torch tensor with that attribute). ``decode`` sends that
+metadata back, so a 451x300 photo padded to 456x304 decodes to 451x300: image files are cropped by
+the server, arrays here (a list of arrays when the originals differ in size). ``z[i]`` / ``z[a:b]``
+keep their images' records; other derived arrays (arithmetic, ``np.asarray``, torch slicing) and
+plain arrays carry none and decode at the decoder's full size.
+
 Requests from files are streamed from disk. Every call has a timeout; 503 answers (queue full,
 loading, draining) and connection failures are retried up to ``retries`` times, waiting the
 server's ``Retry-After`` when given, else an exponential backoff, each wait capped at
@@ -40,10 +48,12 @@ from typing import Any, AsyncIterator, Literal, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load_np
 
 from .errors import ConfigError, DGAEError, InputError
-from .imageio import encode_image, to_uint8
-from .latents_io import dump_npy
+from .imageio import DEFAULT_MAX_PIXELS, encode_image, restore_size, to_uint8
+from .latents_io import IMAGES_KEY, LATENTS_KEY, dump_npy, dump_safetensors, fit_infos, safetensors_metadata
 
 try:
     import httpx
@@ -67,6 +77,7 @@ RETRY_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.Remote
 MAX_ERROR_CHARS = 500
 CHUNK_BYTES = 1 << 16
 OCTET, NPY, ZIP = "application/octet-stream", "application/x-npy", "application/zip"
+LATENTS_FORMAT = "safetensors"     # what encode asks for: the only binary format with the fit metadata
 IMAGE_FIELD = "image"
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 TENSOR_TYPES = ("np", "pt")
@@ -277,25 +288,62 @@ def _image_parts(images: ImageLike | Sequence[ImageLike]) -> list[tuple[str, byt
     return parts
 
 
+class Latents(np.ndarray):
+    """A numpy latents array as ``encode`` returns it, with the encode's ``metadata`` (per image: name,
+    original size, fit) that ``decode`` sends back to restore the original sizes."""
+
+    metadata: dict | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.metadata = None  # derived arrays do not inherit records that may not describe them
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        images = (self.metadata or {}).get(IMAGES_KEY)
+        if isinstance(out, Latents) and isinstance(key, (int, np.integer, slice)) and \
+                isinstance(images, list) and len(images) == len(self):  # items along the batch axis
+            out.metadata = {**self.metadata, IMAGES_KEY: images[key] if isinstance(key, slice) else [images[key]]}
+        return out
+
+
+def _with_metadata(arr: np.ndarray, meta: dict, return_tensors: str) -> np.ndarray | torch.Tensor:
+    if return_tensors == "pt":
+        t = torch.from_numpy(arr)
+        t.metadata = meta or None
+        return t
+    out = arr.view(Latents)
+    out.metadata = meta or None
+    return out
+
+
+def _latents_metadata(latents) -> dict | None:
+    meta = getattr(latents, "metadata", None)
+    return meta if isinstance(meta, dict) and meta else None
+
+
 def _latents_body(latents: LatentsLike) -> tuple[bytes | Path, str]:
     if isinstance(latents, (str, os.PathLike)):
         return _readable(latents), OCTET
     if isinstance(latents, (bytes, bytearray, memoryview)):
         return bytes(latents), OCTET
+    meta = _latents_metadata(latents)
     if isinstance(latents, torch.Tensor):
         t = latents.detach().cpu()
         latents = (t if t.dtype in (torch.float16, torch.float32) else t.float()).numpy()
     if isinstance(latents, np.ndarray):
         if latents.dtype not in (np.float16, np.float32):
             latents = latents.astype(np.float32)
-        return dump_npy(np.ascontiguousarray(latents)), NPY
+        array = np.ascontiguousarray(latents).view(np.ndarray)
+        if meta is not None:  # the encode's fit records travel back: the server can restore the sizes
+            return dump_safetensors(torch.from_numpy(array), meta), OCTET
+        return dump_npy(array), NPY
     raise InputError(f"cannot send {type(latents).__name__} as latents (numpy array, torch tensor, or the bytes / "
                      "path of a .safetensors or .npy file)")
 
 
 def _encode_call(images, mode: str, seeds: Seeds, fit: str, dtype: str) -> _Call:
     parts = _image_parts(images)
-    params = {"mode": mode, "fit": fit, "dtype": dtype, "format": "npy"}
+    params = {"mode": mode, "fit": fit, "dtype": dtype, "format": LATENTS_FORMAT}
     if (seed := _seed_text(seeds)) is not None:
         params["seed"] = seed
     if len(parts) == 1:  # one raw image body (the server sniffs the format)
@@ -325,6 +373,32 @@ def _array(response: httpx.Response, return_tensors: str) -> np.ndarray | torch.
     except (ValueError, OSError, EOFError) as exc:
         raise ResponseError(f"the service sent an unreadable .npy body ({exc})") from None
     return torch.from_numpy(arr) if return_tensors == "pt" else arr
+
+
+def _encoded(response: httpx.Response, return_tensors: str) -> np.ndarray | torch.Tensor:
+    """Latents from an encode answer, with its metadata attached (see the module docstring)."""
+    if response.headers.get("content-type", "").split(";")[0] == NPY:  # no metadata to keep
+        return _array(response, return_tensors)
+    try:
+        arr, meta = st_load_np(response.content)[LATENTS_KEY], safetensors_metadata(response.content, "response")
+    except (SafetensorError, ValueError, KeyError, DGAEError) as exc:
+        raise ResponseError(f"the service sent unreadable latents ({str(exc)[:MAX_ERROR_CHARS]})") from None
+    return _with_metadata(arr, meta, return_tensors)
+
+
+def _restored(images: np.ndarray | torch.Tensor, latents) -> np.ndarray | torch.Tensor | list:
+    """Decoded arrays cropped / resized back to the original sizes the latents' metadata records: one
+    array when they share a size, else a list (one per image)."""
+    meta = _latents_metadata(latents)
+    if meta is None:
+        return images
+    arrays = images.numpy() if isinstance(images, torch.Tensor) else images
+    infos = fit_infos(meta, len(arrays), DEFAULT_MAX_PIXELS)
+    out = [restore_size(rgb, info) for rgb, info in zip(arrays, infos)]
+    if len({a.shape for a in out}) > 1:
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in out] if isinstance(images, torch.Tensor) else out
+    stacked = np.ascontiguousarray(np.stack(out))
+    return torch.from_numpy(stacked) if isinstance(images, torch.Tensor) else stacked
 
 
 def _image_files(response: httpx.Response) -> list[bytes]:
@@ -419,15 +493,15 @@ class Client:
                fit: str = "pad", dtype: str = "float32", return_tensors: TensorType = "np"):
         """Images -> latents (N, c, H/f, W/f); ``seeds`` for mode="sample" (int s: image i uses s+i)."""
         _check_tensor_type(return_tensors)
-        return _array(self._request(_encode_call(images, mode, seeds, fit, dtype)), return_tensors)
+        return _encoded(self._request(_encode_call(images, mode, seeds, fit, dtype)), return_tensors)
 
     def decode(self, latents: LatentsLike, *, steps: int | None = None, seeds: Seeds = None,
                image_format: str | None = None, quality: int | None = None, return_tensors: TensorType = "np"):
-        """Latents -> uint8 images (N, H, W, 3) at the decoder's size, or with ``image_format`` a list of
-        encoded files (cropped back to the original size when the latents carry it)."""
+        """Latents -> uint8 images (N, H, W, 3), or with ``image_format`` a list of encoded files; both at
+        the original sizes when the latents carry ``encode``'s metadata, else at the decoder's size."""
         _check_tensor_type(return_tensors)
         response = self._request(_decode_call(latents, steps, seeds, image_format, quality))
-        return _image_files(response) if image_format else _array(response, return_tensors)
+        return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
 
     def info(self) -> dict:
         """GET /v1/model: preset, f, c, checkpoint, backend, steps range, limits."""
@@ -513,13 +587,13 @@ class AsyncClient:
                      fit: str = "pad", dtype: str = "float32", return_tensors: TensorType = "np"):
         _check_tensor_type(return_tensors)
         call = await asyncio.to_thread(_encode_call, images, mode, seeds, fit, dtype)  # PNG encoding is CPU work
-        return _array(await self._request(call), return_tensors)
+        return _encoded(await self._request(call), return_tensors)
 
     async def decode(self, latents: LatentsLike, *, steps: int | None = None, seeds: Seeds = None,
                      image_format: str | None = None, quality: int | None = None, return_tensors: TensorType = "np"):
         _check_tensor_type(return_tensors)
         response = await self._request(_decode_call(latents, steps, seeds, image_format, quality))
-        return _image_files(response) if image_format else _array(response, return_tensors)
+        return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
 
     async def info(self) -> dict:
         return _json(await self._request(_Call("GET", "/v1/model")))

@@ -23,7 +23,7 @@ from PIL import Image
 from dgae.client import (AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter, RequestTimeout,
                          ServerError, ServiceError, ServiceUnavailable, Unauthorized, error_from_response)
 from dgae.errors import InputError
-from dgae.latents_io import dump_npy
+from dgae.latents_io import dump_npy, safetensors_metadata
 from service_cases import AUTH, API_KEY, C, F, latents, png, serve, st_bytes
 
 RETRY_AFTER_S = 1           # what the mock and the slow server send
@@ -77,7 +77,8 @@ def test_encode_one_image_is_a_raw_body_with_the_parameters(tmp_path):
     assert np.array_equal(out, z)
     req = script.requests[0]
     assert req.url.path == "/encode" and req.headers["authorization"] == "Bearer k"
-    assert dict(req.url.params) == {"mode": "sample", "fit": "crop", "dtype": "float16", "format": "npy", "seed": "3"}
+    assert dict(req.url.params) == {"mode": "sample", "fit": "crop", "dtype": "float16", "format": "safetensors",
+                                    "seed": "3"}
     assert req.headers["content-type"] == "application/octet-stream" and script.bodies[0] == path.read_bytes()
 
 
@@ -113,6 +114,40 @@ def test_decode_sends_npy_and_reads_arrays_or_image_files():
     assert dict(second.url.params) == {"format": "png", "seed": "1,2"}
     assert first.headers["content-type"] == "application/x-npy"
     assert np.array_equal(np.load(io.BytesIO(script.bodies[0])), z)
+
+
+PHOTO_W, PHOTO_H = 451, 300                        # not multiples of F: fit=pad encodes 456x304
+PADDED_W, PADDED_H = -(-PHOTO_W // F) * F, -(-PHOTO_H // F) * F
+
+
+def encode_answer(n: int = 1) -> httpx.Response:
+    """What the service answers to /encode?format=safetensors for n 451x300 photos (fit=pad)."""
+    info = {"orig_height": PHOTO_H, "orig_width": PHOTO_W, "height": PADDED_H, "width": PADDED_W, "fit": "pad",
+            "pad_bottom": PADDED_H - PHOTO_H, "pad_right": PADDED_W - PHOTO_W, "crop_top": 0, "crop_left": 0}
+    meta = {"model": "tiny", "f": F, "c": C, "mode": "mean", "seeds": None,
+            "images": [{"name": f"p{i}.png", **info} for i in range(n)]}
+    body = st_bytes(latents(n, PADDED_H // F, PADDED_W // F), meta)
+    return httpx.Response(200, content=body, headers={"Content-Type": "application/x-safetensors"})
+
+
+def test_numpy_latents_keep_the_original_size_through_decode():
+    """Issue 27: a 451x300 photo came back 456x304 from numpy latents. encode's metadata now rides on
+    the returned array (also z[i], and torch tensors) and decode restores 451x300."""
+    full = np.zeros((2, PADDED_H, PADDED_W, 3), np.uint8)
+    script = Script(encode_answer(2), npy_response(full), npy_response(full[:1]), encode_answer(1),
+                    npy_response(full[:1]), npy_response(full))
+    with client_for(script) as c:
+        z = c.encode([png(PHOTO_H, PHOTO_W), png(PHOTO_H, PHOTO_W, seed=1)])
+        assert z.shape == (2, C, PADDED_H // F, PADDED_W // F) and z.metadata["images"][1]["name"] == "p1.png"
+        assert c.decode(z).shape == (2, PHOTO_H, PHOTO_W, 3)
+        assert c.decode(z[1]).shape == (1, PHOTO_H, PHOTO_W, 3)         # one item keeps its own record
+        zt = c.encode(png(PHOTO_H, PHOTO_W), return_tensors="pt")
+        images = c.decode(zt, return_tensors="pt")
+        assert isinstance(images, torch.Tensor) and tuple(images.shape) == (1, PHOTO_H, PHOTO_W, 3)
+        assert c.decode(np.asarray(z)).shape == (2, PADDED_H, PADDED_W, 3)  # a plain array: no record, full size
+    sent = safetensors_metadata(script.bodies[1])  # safetensors carrying the records back
+    assert [im["orig_width"] for im in sent["images"]] == [PHOTO_W, PHOTO_W]
+    assert script.bodies[5].startswith(b"\x93NUMPY")
 
 
 @pytest.mark.parametrize("call", [
@@ -279,6 +314,17 @@ def test_real_server_encode_decode_info_ready_and_error_codes(slow_server, tmp_p
 
     z1, ready = asyncio.run(go())
     assert ready and np.allclose(z1, z[:1], atol=1e-5)
+
+
+@pytest.mark.server
+def test_real_server_round_trips_a_451x300_photo_at_its_size(slow_server):
+    """Issue 27 against the service: numpy latents from encode decode to 451x300 (arrays and PNG)."""
+    with Client(slow_server.url, api_key=API_KEY) as c:
+        z = c.encode(png(PHOTO_H, PHOTO_W, seed=3))
+        assert z.shape == (1, C, PADDED_H // F, PADDED_W // F)
+        assert c.decode(z, seeds=1).shape == (1, PHOTO_H, PHOTO_W, 3)
+        [file] = c.decode(z, seeds=1, image_format="png")
+        assert Image.open(io.BytesIO(file)).size == (PHOTO_W, PHOTO_H)
 
 
 @pytest.mark.server
