@@ -46,7 +46,8 @@ def reference_run(tmp_path: Path, ckpt) -> tuple[Path, Path, int, int]:
 def only_shard_0_left(out: Path, reference: Path) -> None:
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert left == [".parts/plan.json", ".parts/shard-000000.json", "shards/shard-000000.tar"]  # no partial shard
-    assert (out / "shards" / "shard-000000.tar").read_bytes() == (reference / "shards" / "shard-000000.tar").read_bytes()
+    shard_0 = Path("shards") / "shard-000000.tar"
+    assert (out / shard_0).read_bytes() == (reference / shard_0).read_bytes()
 
 
 def test_file_size_limit_mid_run_is_a_clear_error_and_the_rerun_resumes(tmp_path, tiny_checkpoint):

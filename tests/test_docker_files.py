@@ -164,7 +164,8 @@ def test_balancer_serves_https_with_the_certificate_from_compose_secrets(tmp_pat
 def test_nginx_template_terminates_tls_and_plain_http_only_redirects():
     blocks = server_blocks(TEMPLATE.read_text())
     assert set(blocks) == {"${DGAE_LB_LISTEN}", "${DGAE_LB_TLS_LISTEN}", "${DGAE_LB_HEALTH_LISTEN}"}
-    plain, tls, health = blocks["${DGAE_LB_LISTEN}"], blocks["${DGAE_LB_TLS_LISTEN}"], blocks["${DGAE_LB_HEALTH_LISTEN}"]
+    plain, tls = blocks["${DGAE_LB_LISTEN}"], blocks["${DGAE_LB_TLS_LISTEN}"]
+    health = blocks["${DGAE_LB_HEALTH_LISTEN}"]
     assert "proxy_pass" not in plain and "return 308 https://$host:${DGAE_HTTPS_PORT}$request_uri;" in plain
     assert re.search(r"listen \$\{DGAE_LB_TLS_LISTEN\} ssl", tls)
     assert "ssl_certificate ${DGAE_TLS_CERT};" in tls and "ssl_certificate_key ${DGAE_TLS_KEY};" in tls

@@ -360,7 +360,9 @@ make_tls() {
     command -v openssl >/dev/null || apt_install openssl
     rm -rf "$TLS_DIR"
     docker/make-tls-cert.sh "$TLS_DIR" >&2
-    record tls_certificate "$(openssl x509 -in "$TLS_DIR/cert.pem" -noout -subject -ext subjectAltName | tr '\n' ' ' | tr -s ' ')(signed by a CA made for this run)"
+    local names
+    names=$(openssl x509 -in "$TLS_DIR/cert.pem" -noout -subject -ext subjectAltName | tr '\n' ' ' | tr -s ' ')
+    record tls_certificate "$names(signed by a CA made for this run)"
 }
 
 write_compose_env() {
