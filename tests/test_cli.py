@@ -190,3 +190,15 @@ def test_roundtrip_photos_of_different_sizes(tmp_path, tiny_checkpoint, photo, c
     alone = tmp_path / "alone.png"
     assert main(["roundtrip", str(photo), "-o", str(alone), "-c", str(tiny_checkpoint), "--steps", "1"]) == 0
     assert np.array_equal(np.asarray(Image.open(alone)), np.asarray(Image.open(out / "0000.png")))
+
+
+def test_encode_to_an_impossible_folder_fails_before_encoding(tmp_path, tiny_checkpoint, photo, monkeypatch, capsys):
+    import cli.commands.encode as encode_cmd
+
+    monkeypatch.setattr(encode_cmd, "load_backend", lambda *a: pytest.fail("loaded the model before checking -o"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert main(["encode", str(photo), "-o", str(blocker / "sub" / "l.safetensors"), "-c", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the folder" in err[0], err

@@ -62,7 +62,7 @@ def size_groups(rgbs: list[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _check_writable(folder: Path, out: str) -> None:
+def check_writable_folder(folder: Path, out: str) -> None:
     if not folder.is_dir():
         raise InputError(f"-o {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -79,15 +79,26 @@ def output_paths(out: str, n: int, names: list[str] | None = None) -> list[Path]
         output_format(p)
         if n != 1:
             raise InputError(f"-o {out} names one image but there are {n}; give a directory")
-        _check_writable(p.parent, out)
+        check_writable_folder(p.parent, out)
         return [p]
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"-o {out}: cannot create the folder ({exc.strerror})") from None
-    _check_writable(p, out)
+    check_writable_folder(p, out)
     stems = [Path(nm).stem for nm in names] if names and len(set(names)) == n else [f"{i:04d}" for i in range(n)]
     return [p / f"{s}.{DEFAULT_IMAGE_FORMAT}" for s in stems]
+
+
+def latents_output(out: str) -> Path:
+    """The latents file ``-o`` names, its folder created and checked before any model work."""
+    p = Path(out)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"-o {out}: cannot create the folder {p.parent} ({exc.strerror})") from None
+    check_writable_folder(p.parent, out)
+    return p
 
 
 def write_output(path: Path, data: bytes) -> None:
