@@ -24,7 +24,7 @@ from dgae.checkpoint import read_config
 from formats.shards import DATASET_FILE, FORMAT_VERSION, MANIFEST_FORMATS, LatentDataset, dumps, key_seed, pack_tar, \
     sample_key
 from dgae.errors import InputError
-from formats.images import DEFAULT_MAX_PIXELS, WRITE_FORMATS, encode_image, restore_size, to_uint8
+from formats.images import DEFAULT_MAX_PIXELS, OUTPUT_MEDIA_TYPES, encode_image, restore_size, to_uint8
 from formats.latents import fit_infos, load_latents
 
 from .runtime import RuntimeOptions
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 LATENT_SUFFIXES = (".npy", ".safetensors")
 OUTPUT_FORMATS = ("wds", "folder")
-IMAGE_FORMATS = tuple(WRITE_FORMATS)
+IMAGE_FORMATS = tuple(OUTPUT_MEDIA_TYPES)
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 8
 ITEM_SEPARATOR = "#"  # source id of latent i of a multi-latent file: "<relative path>#<i>"

@@ -10,9 +10,15 @@ recorded shard against its sha256 and redoes only the missing or damaged ones; t
 errors file and ``dataset.json`` (written last) are assembled from the records, so a resumed run
 ends byte-identical to an uninterrupted one. ``.parts/plan.json`` pins the inputs and options: a
 rerun with different ones is refused instead of mixing two datasets.
+
+A write that fails (disk full, the file size limit, a quota, an I/O error) deletes its temporary
+file and raises :class:`OutputError` saying so: the failing shard has no record and no file under
+its final name, the shards committed before it stay, and rerunning the same command once space is
+free resumes from there (docs/faults.md).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -26,7 +32,7 @@ from typing import Any, Sequence
 
 from formats.shards import (DATASET_FILE, ERRORS_FILE, MANIFEST_FORMATS, MANIFEST_STEM, SHARD_INDEX_DIGITS, SHARDS_DIR,
                            dumps, shard_name)
-from dgae.errors import DGAEError, InputError
+from dgae.errors import DGAEError, InputError, OutputError
 from dgae.hashing import file_sha256
 
 from .sources import Item
@@ -38,6 +44,9 @@ PLAN_FILE = "plan.json"
 FILES_DIR = "images"
 TMP_MARK = ".tmp-"
 DEFAULT_POLL_S = 2.0
+# Why a write can fail for lack of room, in words a user can act on.
+NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit is reached (ulimit -f)",
+           errno.EDQUOT: "the disk quota is exceeded"}
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,19 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, rename: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # never leave a partial file behind
+        reason = NO_ROOM.get(exc.errno, exc.strerror or str(exc))
+        raise OutputError(f"cannot write {path} ({len(data)} bytes): {reason} [{exc.strerror}]; the partial file "
+                          f"was removed and completed shards are kept: make room and rerun the same command "
+                          f"to resume") from exc
 
 
 def _remove_temps(folder: Path, prefix: str = "") -> None:

@@ -42,3 +42,9 @@ class ExportError(DGAEError):
     """An export failed: tracing, ONNX checking, or parity validation against PyTorch."""
 
     code = "export_error"
+
+
+class OutputError(DGAEError):
+    """Results could not be written: disk full, file size limit, a folder that vanished or is read-only."""
+
+    code = "output_error"

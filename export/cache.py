@@ -7,8 +7,15 @@ entry and an unchanged one is reused. Processes that share the root coordinate w
 the first one builds, the others wait and then reuse. Layout under a root::
 
     <kind>-<key>/                 finished entry; cache-entry.json inside records the key's parts
+                                  and the sha256 of every file the build wrote
     .<kind>-<key>.lock            flock held while one process checks or builds the entry
     .<kind>-<key>.tmp-<pid>/      build in progress; renamed to <kind>-<key> only when complete
+
+Faults survived (docs/faults.md): a finished entry is verified against its recorded digests every
+time it is handed out; a truncated, edited or missing file (or an entry from before digests were
+recorded) is logged as a warning and rebuilt. A build killed part-way (SIGKILL, power loss) leaves
+only its ``.tmp-<pid>`` folder, never a finished-looking entry; the next process to take the lock
+deletes such leftovers and builds again.
 
 :func:`cached_onnx_dir` is what a runtime given only a checkpoint uses: an entry under
 ``$DGAE_CACHE_DIR/onnx/`` (default root ``$XDG_CACHE_HOME/dgae`` or ``~/.cache/dgae``) holding a
@@ -62,6 +69,39 @@ def entry_name(kind: str, parts: Mapping[str, str]) -> str:
     return f"{kind}-{cache_key(parts)}"
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative POSIX paths), the manifest itself excluded."""
+    return {path.relative_to(folder).as_posix(): file_sha256(path) for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST}
+
+
+def entry_problem(entry: Path, manifest: dict) -> str | None:
+    """Why a finished entry's files cannot be trusted (None when every recorded digest matches)."""
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict):
+        return "it records no file digests (built by an older version)"
+    for name, digest in sorted(recorded.items()):
+        path = entry / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = file_sha256(path)
+        if actual != digest:
+            return f"{name} has sha256 {actual[:12]}..., not the {str(digest)[:12]}... recorded at build time " \
+                   f"({path.stat().st_size} bytes: truncated or corrupted)"
+    return None
+
+
+def remove_unfinished_builds(root: Path, name: str) -> list[Path]:
+    """Delete ``.<name>.tmp-*`` folders. Only called with the entry's lock held, so no live process
+    is writing them: they are what a killed build left behind."""
+    removed = []
+    for leftover in sorted(root.glob(f".{name}.tmp-*")):
+        log.warning("removing %s: an unfinished build left by a process that died (killed mid-build?)", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
 def read_entry(entry: Path) -> dict | None:
     """The manifest of a finished entry, or None when the entry is missing or incomplete."""
     try:
@@ -101,28 +141,42 @@ def ensure_entry(root: str | os.PathLike, kind: str, parts: Mapping[str, str], b
     with _locked(root / f".{name}.lock"):
         manifest = read_entry(final)
         if manifest is not None and manifest.get("parts") == expected:
-            log.info("reusing cached %s %s (built %s)", kind, final, manifest.get("built_at", "?"))
-            return final
-        if final.exists():
+            problem = entry_problem(final, manifest)
+            if problem is None:
+                log.info("reusing cached %s %s (built %s)", kind, final, manifest.get("built_at", "?"))
+                return final
+            log.warning("cached %s %s does not verify: %s; rebuilding", kind, final, problem)
+        elif final.exists():
             log.warning("cached %s %s is incomplete or does not match its key; rebuilding", kind, final)
+        if final.exists():
             shutil.rmtree(final)
+        remove_unfinished_builds(root, name)
         tmp = root / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         log.info("building %s into %s (%s)", kind, final, json.dumps(expected, sort_keys=True))
         started = time.monotonic()
         try:
             build(tmp)
             seconds = round(time.monotonic() - started, 1)
-            manifest = {"kind": kind, "parts": expected, "build_seconds": seconds,
+            manifest = {"kind": kind, "parts": expected, "build_seconds": seconds, "files": file_digests(tmp),
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            _fsync_tree(tmp)  # the data is on disk before the rename makes the entry look finished
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info("built %s in %.1f s", kind, seconds)
     return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def source_digest(*packages: Path) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import PurePath
 from typing import Iterator, Literal
 
 import numpy as np
@@ -21,11 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dgae.errors import InputError, TooLargeError
 
-# The one home for the image formats the project reads and writes (CLI, service, bulk, training).
+# The one home for the image formats the project reads (CLI, service, bulk, training folders)...
 READ_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"})
-WRITE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}  # format -> media type
-WRITE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}  # file suffix -> format
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 FitPolicy = Literal["error", "pad", "crop", "resize"]
 FIT_POLICIES = ("error", "pad", "crop", "resize")
@@ -33,6 +32,12 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 ALPHA_BACKGROUND = (255, 255, 255)
 UINT16_MAX = 65535
 UINT8_MAX = 255
+# ...and the one list of formats images are written in (CLI, bulk decode, service responses, client):
+# format name -> Pillow format, its media type, and the file suffixes that ask for it.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+OUTPUT_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+OUTPUT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+LOSSY_FORMATS = ("JPEG", "WEBP")
 
 
 @dataclass(frozen=True)
@@ -169,13 +174,24 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def output_format(path: str | os.PathLike) -> str:
+    """The image format a file name asks for (``x.jpg`` -> ``jpeg``), checked before any work is done;
+    an unknown suffix is an InputError naming the accepted ones."""
+    suffix = PurePath(path).suffix.lower()
+    fmt = OUTPUT_SUFFIXES.get(suffix)
+    if fmt is None:
+        raise InputError(f"{path}: unknown image suffix {suffix or '(none)'!r}; write one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    return fmt
+
+
 def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     fmt = fmt.lower()
-    pil_fmt = _PIL_FORMATS.get(WRITE_SUFFIXES.get(f".{fmt}", fmt))
+    pil_fmt = OUTPUT_FORMATS.get(OUTPUT_SUFFIXES.get(f".{fmt}", fmt))
     if pil_fmt is None:
-        raise InputError(f"unsupported image format {fmt!r}")
+        raise InputError(f"unsupported image format {fmt!r}; one of {', '.join(OUTPUT_FORMATS)}")
     buf = io.BytesIO()
-    kwargs = {"quality": int(quality)} if pil_fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": int(quality)} if pil_fmt in LOSSY_FORMATS else {}
     Image.fromarray(rgb).save(buf, format=pil_fmt, **kwargs)
     return buf.getvalue()
 

@@ -64,9 +64,7 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
     """Parse a latents safetensors payload. Accepts the key ``latents`` or a single tensor."""
     try:
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")  # st_load() does not return the metadata
-        header = json.loads(data[8:8 + header_len])
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, OverflowError) as exc:
+    except (SafetensorError, ValueError, OverflowError) as exc:
         raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
     if LATENTS_KEY in tensors:
         t = tensors[LATENTS_KEY]
@@ -74,12 +72,22 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
         t = next(iter(tensors.values()))
     else:
         raise InputError(f"{name}: expected a tensor named {LATENTS_KEY!r} (found {sorted(tensors)})")
-    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
+    return check_latent_tensor(t, name), safetensors_metadata(data, name)
+
+
+def safetensors_metadata(data: bytes, name: str = "payload") -> dict[str, Any]:
+    """The ``dgae`` metadata of a safetensors payload ({} when absent or not a JSON object)."""
+    try:
+        header_len = int.from_bytes(data[:8], "little")  # safetensors' loaders do not return the metadata
+        header = json.loads(data[8:8 + header_len])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
+    meta_raw = (header.get("__metadata__") or {}).get(META_KEY) if isinstance(header, dict) else None
     try:
         meta = json.loads(meta_raw) if meta_raw else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, TypeError):
         meta = {}
-    return check_latent_tensor(t, name), meta if isinstance(meta, dict) else {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:

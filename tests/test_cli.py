@@ -128,3 +128,77 @@ def test_info_validates_tensors_as_loading_does(tmp_path, tiny_checkpoint):
     r = run_cli("info", bad)
     assert r.returncode == 2 and largest in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# --- output checks before any model work (issue 27) ------------------------------------------------------
+@pytest.fixture()
+def one_latent(tmp_path, tiny_checkpoint, photo):
+    lat = tmp_path / "lat.safetensors"
+    assert main(["encode", str(photo), "-o", str(lat), "-c", str(tiny_checkpoint), "--fit", "pad"]) == 0
+    return lat
+
+
+@pytest.mark.parametrize("target,message", [
+    ("/nonexistent_dir/x.png", "does not exist"),
+    ("out.gif", "unknown image suffix '.gif'; write one of .png, .jpg, .jpeg, .webp"),
+    ("out.bmp", "unknown image suffix '.bmp'"),
+], ids=["missing folder", "gif", "bmp"])
+def test_decode_refuses_a_bad_output_path_before_decoding(tmp_path, tiny_checkpoint, one_latent, monkeypatch,
+                                                          capsys, target, message):
+    import cli.commands.decode as decode_cmd
+
+    def no_decoding(*args, **kwargs):
+        pytest.fail("decoded before checking the output path")
+
+    monkeypatch.setattr(decode_cmd, "decode_batches", no_decoding)
+    monkeypatch.setattr(decode_cmd, "load_backend", no_decoding)
+    out = target if target.startswith("/") else str(tmp_path / target)
+    capsys.readouterr()
+    assert main(["decode", str(one_latent), "-o", out, "-c", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / target).exists()  # no directory named out.gif
+
+
+def test_decode_to_a_missing_folder_is_one_line_and_exit_2(tmp_path, tiny_checkpoint, one_latent):
+    r = run_cli("decode", one_latent, "-o", "/nonexistent_dir/x.png", "-c", tiny_checkpoint)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: -o /nonexistent_dir/x.png: folder /nonexistent_dir does not "
+                                             "exist"]
+
+
+def test_decode_writes_jpeg_and_webp_by_suffix(tmp_path, tiny_checkpoint, one_latent):
+    for name, fmt in (("x.jpg", "JPEG"), ("x.webp", "WEBP"), ("x.png", "PNG")):
+        assert main(["decode", str(one_latent), "-o", str(tmp_path / name), "-c", str(tiny_checkpoint),
+                     "--steps", "1"]) == 0
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt and im.size == (70, 45)
+
+
+def test_roundtrip_photos_of_different_sizes(tmp_path, tiny_checkpoint, photo, capsys):
+    """Each size is encoded and decoded on its own; every image gets its reconstruction and PSNR, and an
+    image's result does not depend on the others in the call (seed per image)."""
+    other = tmp_path / "tall.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 40, 3), dtype=np.uint8)).save(other)
+    out = tmp_path / "rt"
+    assert main(["roundtrip", str(photo), str(other), str(photo), "-o", str(out), "-c", str(tiny_checkpoint),
+                 "--steps", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "PSNR" in ln]
+    assert len(lines) == 3 and lines[1].startswith("tall.png: PSNR")
+    # photo.png twice: outputs are numbered in argument order
+    assert Image.open(out / "0001.png").size == (40, 64) and Image.open(out / "0002.png").size == (64, 40)
+    alone = tmp_path / "alone.png"
+    assert main(["roundtrip", str(photo), "-o", str(alone), "-c", str(tiny_checkpoint), "--steps", "1"]) == 0
+    assert np.array_equal(np.asarray(Image.open(alone)), np.asarray(Image.open(out / "0000.png")))
+
+
+def test_encode_to_an_impossible_folder_fails_before_encoding(tmp_path, tiny_checkpoint, photo, monkeypatch, capsys):
+    import cli.commands.encode as encode_cmd
+
+    monkeypatch.setattr(encode_cmd, "load_backend", lambda *a: pytest.fail("loaded the model before checking -o"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert main(["encode", str(photo), "-o", str(blocker / "sub" / "l.safetensors"), "-c", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the folder" in err[0], err

@@ -121,6 +121,65 @@ def test_balancer_and_replicas_share_the_body_limit(tmp_path):
     assert "/readyz" in " ".join(lb["healthcheck"]["test"])
 
 
+# --- TLS at the balancer (issue 27) -----------------------------------------------------------
+TEMPLATE = DOCKER / "nginx" / "dgae.conf.template"
+SECRET_DIR = "/run/secrets"
+
+
+def server_blocks(template: str) -> dict[str, str]:
+    """nginx `server { ... }` blocks of the template by their first `listen` argument."""
+    blocks = {}
+    for m in re.finditer(r"^server \{\n", template, re.M):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(template[i], 0)
+            i += 1
+        body = template[m.end():i - 1]
+        blocks[re.search(r"^\s*listen (\S+?)[ ;]", body, re.M).group(1)] = body
+    return blocks
+
+
+@needs_compose
+def test_balancer_serves_https_with_the_certificate_from_compose_secrets(tmp_path):
+    env = tmp_path / "tls.env"
+    env.write_text("DGAE_HTTPS_PORT=9443\nDGAE_TLS_CERT_FILE=/etc/site/cert.pem\nDGAE_TLS_KEY_FILE=/etc/site/key.pem\n")
+    cfg = compose_config(tmp_path, "cpu", env_file=env)
+    lb = cfg["services"]["lb"]
+    assert {s["source"]: s.get("target") for s in lb["secrets"]} == {
+        "dgae_tls_cert": f"{SECRET_DIR}/dgae_tls_cert", "dgae_tls_key": f"{SECRET_DIR}/dgae_tls_key"}
+    assert cfg["secrets"]["dgae_tls_cert"]["file"] == "/etc/site/cert.pem"
+    assert cfg["secrets"]["dgae_tls_key"]["file"] == "/etc/site/key.pem"
+    e = lb["environment"]
+    assert e["DGAE_TLS_CERT"] == f"{SECRET_DIR}/dgae_tls_cert" and e["DGAE_TLS_KEY"] == f"{SECRET_DIR}/dgae_tls_key"
+    https = next(p for p in lb["ports"] if p["target"] == int(e["DGAE_LB_TLS_LISTEN"]))
+    assert https["published"] == e["DGAE_HTTPS_PORT"] == "9443"  # the redirect names the port clients use
+    health_port = e["DGAE_LB_HEALTH_LISTEN"].split(":")[-1]
+    assert e["DGAE_LB_HEALTH_LISTEN"].startswith("127.0.0.1:")
+    assert f"http://127.0.0.1:{health_port}/readyz" in lb["healthcheck"]["test"]
+    assert all(p["target"] != int(health_port) for p in lb["ports"]), "the health listener is not published"
+    for name in ("dgae", "dgae-cpu"):
+        assert "secrets" not in cfg["services"][name], "replicas never see the balancer's key"
+
+
+def test_nginx_template_terminates_tls_and_plain_http_only_redirects():
+    blocks = server_blocks(TEMPLATE.read_text())
+    assert set(blocks) == {"${DGAE_LB_LISTEN}", "${DGAE_LB_TLS_LISTEN}", "${DGAE_LB_HEALTH_LISTEN}"}
+    plain, tls = blocks["${DGAE_LB_LISTEN}"], blocks["${DGAE_LB_TLS_LISTEN}"]
+    health = blocks["${DGAE_LB_HEALTH_LISTEN}"]
+    assert "proxy_pass" not in plain and "return 308 https://$host:${DGAE_HTTPS_PORT}$request_uri;" in plain
+    assert re.search(r"listen \$\{DGAE_LB_TLS_LISTEN\} ssl", tls)
+    assert "ssl_certificate ${DGAE_TLS_CERT};" in tls and "ssl_certificate_key ${DGAE_TLS_KEY};" in tls
+    protocols = re.search(r"ssl_protocols ([^;]+);", tls).group(1).split()
+    assert protocols and set(protocols) <= {"TLSv1.2", "TLSv1.3"}, protocols
+    assert tls.count("proxy_pass http://dgae_replicas;") >= 4  # encode, decode, v2 infer, the rest
+    assert re.findall(r"location (.+?) \{", health) == ["= /readyz", "/"] and "return 404;" in health
+
+
+def test_tls_keys_are_never_committed():
+    assert "/docker/tls/" in (REPO / ".gitignore").read_text().splitlines()
+    assert not in_context("docker/tls/cert.pem")
+
+
 def test_compose_defaults_match_the_service_defaults():
     settings = pytest.importorskip("service.core.settings", reason="service branch not merged").ServiceSettings
     defaults = dict(re.findall(r"\$\{(DGAE_[A-Z0-9_]+):-([^}]*)\}", COMPOSE.read_text()))
@@ -344,7 +403,7 @@ def in_context(path: str) -> bool:
 @pytest.mark.parametrize("path", ["data/photos/a.jpg", ".venv/bin/python", "runs/default/state.safetensors",
                                   "benchmarks/results/r.json", "weights/eval/report.json", "tests/test_model.py",
                                   ".git/HEAD", "dgae/__pycache__/model.cpython-312.pyc", "out/demo/a.png",
-                                  "export/out/model.onnx", "docker/.env"])
+                                  "export/out/model.onnx", "docker/.env", "docker/tls/key.pem"])
 def test_dockerignore_keeps_out(path):
     assert not in_context(path)
 

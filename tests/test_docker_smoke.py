@@ -265,12 +265,15 @@ def test_local_nginx_entrypoint_renders_only_the_filtered_variables(tmp_path):
     shutil.copy(REPO / "docker" / "nginx" / "dgae.conf.template", templates / "default.conf.template")
     env = {"PATH": os.environ["PATH"], "NGINX_ENVSUBST_TEMPLATE_DIR": str(templates),
            "NGINX_ENVSUBST_OUTPUT_DIR": str(out), "NGINX_ENVSUBST_FILTER": "^DGAE_",
-           "DGAE_LB_LISTEN": "80", "DGAE_PORT": "8000", "DGAE_MAX_BODY_BYTES": "123", "host": "NOT-ME"}
+           "DGAE_LB_LISTEN": "80", "DGAE_LB_TLS_LISTEN": "443", "DGAE_LB_HEALTH_LISTEN": "127.0.0.1:8081",
+           "DGAE_HTTPS_PORT": "8443", "DGAE_TLS_CERT": "/run/secrets/c", "DGAE_TLS_KEY": "/run/secrets/k",
+           "DGAE_PORT": "8000", "DGAE_MAX_BODY_BYTES": "123", "host": "NOT-ME"}
     res = subprocess.run(["sh", str(NGINX_ENTRYPOINT), "echo", "ran"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "ran", res.stderr
     conf = (out / "default.conf").read_text()
     assert "client_max_body_size 123;" in conf and "server dgae-replica:8000 resolve" in conf
+    assert "ssl_certificate /run/secrets/c;" in conf and "return 308 https://$host:8443$request_uri;" in conf
     assert "${DGAE_" not in conf and "$host" in conf and "$upstream_addr" in conf
 
 

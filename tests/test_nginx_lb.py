@@ -3,6 +3,8 @@ image renders it, with the replica block pointed at loopback: `nginx -t` passes,
 front of two real `dgae serve` processes (plus one replica stuck at 503, like one still loading)
 spreads /encode over both, enforces the service's body limit, and routes around a killed replica;
 and with stub replicas, a replica back from a crash takes over at once when the other one crashes.
+TLS (issue 27): clients speak HTTPS with a certificate made by docker/make-tls-cert.sh and verified
+against its CA, plain HTTP only redirects to HTTPS, and the loopback health listener answers /readyz.
 
 Needs Debian's nginx (`apt-get install -y nginx`); skipped with the reason when it is missing."""
 from __future__ import annotations
@@ -11,6 +13,7 @@ import http.server
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 from pathlib import Path
@@ -64,21 +67,52 @@ def nginx_cmd(prefix: Path, main: Path, *flags: str, globals_: str = "") -> list
             "-g", f"pid {prefix / 'nginx.pid'}; {globals_}", *flags]
 
 
-def values(lb_port: int) -> dict[str, str]:
-    return {"DGAE_LB_LISTEN": f"127.0.0.1:{lb_port}", "DGAE_PORT": "8000", "DGAE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+MAKE_CERT = REPO / "docker" / "make-tls-cert.sh"
 
 
-def test_rendered_config_passes_nginx_t(tmp_path):
-    main = write_config(tmp_path / "nginx", values(free_port()), [free_port(), free_port()])
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory) -> Path:
+    """ca.pem, cert.pem, key.pem from docker/make-tls-cert.sh (what the docker smoke uses too)."""
+    out = tmp_path_factory.mktemp("tls")
+    done = subprocess.run([str(MAKE_CERT), str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def trusting(tls: Path) -> ssl.SSLContext:
+    """A client context that trusts only the generated CA."""
+    return ssl.create_default_context(cafile=str(tls / "ca.pem"))
+
+
+class Ports:
+    """The balancer's three listeners on free loopback ports."""
+
+    def __init__(self):
+        self.http, self.https, self.health = free_port(), free_port(), free_port()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.https}"
+
+
+def values(ports: Ports, tls: Path) -> dict[str, str]:
+    return {"DGAE_LB_LISTEN": f"127.0.0.1:{ports.http}", "DGAE_LB_TLS_LISTEN": f"127.0.0.1:{ports.https}",
+            "DGAE_LB_HEALTH_LISTEN": f"127.0.0.1:{ports.health}", "DGAE_HTTPS_PORT": str(ports.https),
+            "DGAE_TLS_CERT": str(tls / "cert.pem"), "DGAE_TLS_KEY": str(tls / "key.pem"),
+            "DGAE_PORT": "8000", "DGAE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+
+
+def test_rendered_config_passes_nginx_t(tmp_path, tls):
+    main = write_config(tmp_path / "nginx", values(Ports(), tls), [free_port(), free_port()])
     out = subprocess.run(nginx_cmd(tmp_path / "nginx", main, "-t"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "test is successful" in out.stderr
 
 
-def test_broken_config_fails_nginx_t(tmp_path):
+def test_broken_config_fails_nginx_t(tmp_path, tls):
     """The check above can fail: a typo in the template is caught by nginx -t."""
     prefix = tmp_path / "nginx"
-    main = write_config(prefix, values(free_port()), [free_port()])
+    main = write_config(prefix, values(Ports(), tls), [free_port()])
     conf = prefix / "dgae.conf"
     conf.write_text(conf.read_text().replace("proxy_next_upstream_tries", "proxy_next_upstream_triez"))
     out = subprocess.run(nginx_cmd(prefix, main, "-t"), capture_output=True, text=True, timeout=60)
@@ -105,7 +139,7 @@ class NotReadyHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_checkpoint, tmp_path_factory):
+def cluster(tiny_checkpoint, tmp_path_factory, tls):
     skip_without_serve()
     tmp = tmp_path_factory.mktemp("lb")
     ports = [free_port(), free_port()]
@@ -113,15 +147,15 @@ def cluster(tiny_checkpoint, tmp_path_factory):
                 for i, p in enumerate(ports)]
     loading = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotReadyHandler)
     threading.Thread(target=loading.serve_forever, daemon=True).start()
-    lb_port = free_port()
-    main = write_config(tmp / "nginx", values(lb_port), [*ports, loading.server_address[1]])
+    lb = Ports()
+    main = write_config(tmp / "nginx", values(lb, tls), [*ports, loading.server_address[1]])
     nginx = None
     try:
         for port, proc in zip(ports, replicas):
             wait_ready(port, [proc])
         nginx = start(nginx_cmd(tmp / "nginx", main, globals_="daemon off;"), None, tmp / "nginx.log")
-        wait_ready(lb_port, [nginx])
-        yield {"lb": f"http://127.0.0.1:{lb_port}", "ports": ports, "replicas": replicas,
+        wait_ready(lb.health, [nginx])
+        yield {"lb": lb.url, "ca": trusting(tls), "ports": ports, "replicas": replicas,
                "loading_port": loading.server_address[1], "nginx_log": tmp / "nginx.log"}
     finally:
         if nginx is not None:
@@ -131,8 +165,8 @@ def cluster(tiny_checkpoint, tmp_path_factory):
         loading.shutdown()
 
 
-def encode(lb: str, n: int) -> list[httpx.Response]:
-    with httpx.Client(base_url=lb, timeout=120) as client:
+def encode(cluster: dict, n: int) -> list[httpx.Response]:
+    with httpx.Client(base_url=cluster["lb"], verify=cluster["ca"], timeout=120) as client:
         return [client.post("/encode", content=png(32, 32, seed=i), headers={"Content-Type": "image/png"})
                 for i in range(n)]
 
@@ -149,7 +183,7 @@ def served_by(log: Path, path: str) -> list[str]:
 
 @pytest.mark.server
 def test_requests_are_spread_over_both_replicas(cluster):
-    responses = encode(cluster["lb"], REQUESTS)
+    responses = encode(cluster, REQUESTS)
     assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
     assert len({r.headers["X-DGAE-Shape"] for r in responses}) == 1
     replicas = set(served_by(cluster["nginx_log"], "/encode"))
@@ -161,7 +195,7 @@ def test_requests_are_spread_over_both_replicas(cluster):
 
 @pytest.mark.server
 def test_body_limit_and_internal_paths(cluster):
-    with httpx.Client(base_url=cluster["lb"], timeout=60) as client:
+    with httpx.Client(base_url=cluster["lb"], verify=cluster["ca"], timeout=60) as client:
         too_big = client.post("/encode", content=b"\0" * (BODY_LIMIT + 1), headers={"Content-Type": "image/png"})
         assert too_big.status_code == 413
         assert client.get("/metrics").status_code == 404  # per replica, scraped directly
@@ -177,7 +211,7 @@ def test_open_inference_protocol_goes_through_the_balancer(cluster):
 
     z = np.zeros((1, 4, 2, 2), np.float32)
     body, headers = binary_request([("latents", z, "FP32")], {"seed": 1, "binary_data_output": True})
-    with httpx.Client(base_url=cluster["lb"], timeout=120) as client:
+    with httpx.Client(base_url=cluster["lb"], verify=cluster["ca"], timeout=120) as client:
         assert client.get("/v2/health/ready").status_code == 200
         r = client.post(infer_path(DECODER), content=body, headers=headers)
     assert r.status_code == 200, r.text
@@ -191,7 +225,7 @@ def test_a_killed_replica_is_routed_around(cluster):
     victim, survivor = cluster["replicas"][0], cluster["ports"][1]
     assert stop(victim, signal.SIGKILL) == -signal.SIGKILL
     before = len(served_by(cluster["nginx_log"], "/encode"))
-    responses = encode(cluster["lb"], REQUESTS)
+    responses = encode(cluster, REQUESTS)
     assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
     assert set(served_by(cluster["nginx_log"], "/encode")[before:]) == {f"127.0.0.1:{survivor}"}
 
@@ -219,7 +253,7 @@ class LoadingThenReadyHandler(http.server.BaseHTTPRequestHandler):
 CRASH_REQUESTS = 10  # enough for least_conn to send the loading replica more than max_fails=3 of them
 
 
-def test_a_replica_back_from_a_crash_takes_over_when_the_other_crashes(tmp_path):
+def test_a_replica_back_from_a_crash_takes_over_when_the_other_crashes(tmp_path, tls):
     """What docker/smoke/docker_smoke.sh hit with compose: replica A restarts after a crash and
     answers 503 while it loads (nginx retries those on B), A turns ready, then B crashes. Every
     request must still be answered, by A. With passive failure counting (max_fails=3
@@ -235,13 +269,13 @@ def test_a_replica_back_from_a_crash_takes_over_when_the_other_crashes(tmp_path)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
     a, b = servers
-    lb_port = free_port()
+    lb = Ports()
     prefix = tmp_path / "nginx"
-    main = write_config(prefix, values(lb_port), [a.server_address[1], b.server_address[1]])
+    main = write_config(prefix, values(lb, tls), [a.server_address[1], b.server_address[1]])
     nginx = start(nginx_cmd(prefix, main, globals_="daemon off;"), None, tmp_path / "nginx.log")
     try:
-        wait_ready(lb_port, [nginx], path="/healthz")
-        with httpx.Client(base_url=f"http://127.0.0.1:{lb_port}", timeout=30) as client:
+        wait_ready(lb.health, [nginx])
+        with httpx.Client(base_url=lb.url, verify=trusting(tls), timeout=30) as client:
             while_loading = [client.get("/healthz").status_code for _ in range(CRASH_REQUESTS)]
             a.ready.set()  # type: ignore[attr-defined]
             b.shutdown()
@@ -255,3 +289,75 @@ def test_a_replica_back_from_a_crash_takes_over_when_the_other_crashes(tmp_path)
     assert a.answered.count(503) >= 3, "the loading replica was not tried: the test no longer shows what it claims"  # type: ignore[attr-defined]
     assert while_loading == [200] * CRASH_REQUESTS, log
     assert after_crash == [200] * CRASH_REQUESTS, f"502 while a ready replica was up:\n{log}"
+
+
+# --- TLS ---------------------------------------------------------------------------------------------
+class ReadyHandler(LoadingThenReadyHandler):
+    """A ready replica that records the X-Forwarded-Proto the balancer sent."""
+
+    def _answer(self) -> None:
+        self.server.protos.append(self.headers.get("X-Forwarded-Proto"))  # type: ignore[attr-defined]
+        super()._answer()
+
+    do_GET = do_POST = _answer
+
+
+@pytest.fixture()
+def stub_lb(tmp_path, tls):
+    """nginx with the committed template in front of one always-ready stub replica."""
+    replica = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ReadyHandler)
+    replica.ready, replica.answered, replica.protos = threading.Event(), [], []  # type: ignore[attr-defined]
+    replica.ready.set()  # type: ignore[attr-defined]
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    lb = Ports()
+    main = write_config(tmp_path / "nginx", values(lb, tls), [replica.server_address[1]])
+    nginx = start(nginx_cmd(tmp_path / "nginx", main, globals_="daemon off;"), None, tmp_path / "nginx.log")
+    try:
+        wait_ready(lb.health, [nginx])
+        replica.answered.clear()  # type: ignore[attr-defined]  # the readiness probe's own request
+        replica.protos.clear()  # type: ignore[attr-defined]
+        yield lb, replica
+    finally:
+        stop(nginx, signal.SIGQUIT)
+        replica.shutdown()
+        replica.server_close()
+
+
+def test_https_is_verified_against_the_generated_ca(stub_lb, tls):
+    lb, replica = stub_lb
+    with httpx.Client(base_url=lb.url, verify=trusting(tls), timeout=30) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 200 and r.url.scheme == "https"
+    assert replica.protos == ["https"]  # type: ignore[attr-defined]
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted without that CA
+        httpx.get(f"{lb.url}/readyz", timeout=30)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_plain_http_only_redirects_to_https(stub_lb, method):
+    lb, replica = stub_lb
+    r = httpx.request(method, f"http://127.0.0.1:{lb.http}/encode?seed=3", content=b"x" if method == "POST" else None,
+                      timeout=30)
+    assert r.status_code == 308  # keeps the method and body when the client follows it
+    assert r.headers["location"] == f"https://127.0.0.1:{lb.https}/encode?seed=3"
+    assert replica.answered == []  # nothing reached a replica in plain HTTP  # type: ignore[attr-defined]
+
+
+def test_the_health_listener_answers_readiness_only(stub_lb):
+    lb, _ = stub_lb
+    assert httpx.get(f"http://127.0.0.1:{lb.health}/readyz", timeout=30).status_code == 200
+    assert httpx.post(f"http://127.0.0.1:{lb.health}/encode", content=b"x", timeout=30).status_code == 404
+
+
+def test_the_docker_smokes_tls_check_passes_here_and_catches_an_unchecked_certificate(stub_lb, tls, monkeypatch):
+    """docker/smoke/smoke_client.py tls, the check `make test-docker` runs through the compose balancer."""
+    from test_docker_smoke import sc  # noqa: PLC0415
+
+    lb, _ = stub_lb
+    monkeypatch.setattr(sc, "VERIFY", trusting(tls))
+    result = sc.tls_check(lb.url, f"http://127.0.0.1:{lb.http}")
+    assert result["untrusted_client"] == "refused" and result["http_status"] == 308
+    assert result["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    monkeypatch.setattr(sc, "VERIFY", True)
+    with pytest.raises(sc.CheckFailed, match="needs --cacert"):
+        sc.tls_check(lb.url, f"http://127.0.0.1:{lb.http}")

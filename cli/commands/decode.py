@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgae.errors import InputError
-from formats.images import DEFAULT_MAX_PIXELS, encode_image, restore_size
+from formats.images import DEFAULT_MAX_PIXELS, encode_image, output_format, restore_size
 from formats.latents import fit_infos, image_names, load_latents
-from cli.commands.codec import decode_batches, output_paths, seeds_for
+from cli.commands.codec import decode_batches, output_paths, seeds_for, write_output
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 
 DEFAULT_BATCH = 8
@@ -14,7 +14,8 @@ DEFAULT_BATCH = 8
 
 def add_arguments(p) -> None:
     p.add_argument("latents", help="latents .safetensors (or .npy)")
-    p.add_argument("-o", "--output", required=True, help="directory, or one .png when there is one latent")
+    p.add_argument("-o", "--output", required=True,
+                   help="directory (of .png), or one .png / .jpg / .webp file when there is one latent")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="item i uses seed+i")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
@@ -33,10 +34,11 @@ def read_latents(path: str):
 def run(args) -> int:
     latents, meta = read_latents(args.latents)
     infos = fit_infos(meta, len(latents), DEFAULT_MAX_PIXELS)  # validated as the service does
+    paths = output_paths(args.output, len(latents), image_names(meta))  # before any decoding
     backend = load_backend(args)
     seeds = seeds_for(args.seed, len(latents))
     rgbs = decode_batches(backend, latents, args.steps, seeds, args.batch_size, tile=tile_mode(args))
-    for path, rgb, info in zip(output_paths(args.output, len(rgbs), image_names(meta)), rgbs, infos):
-        path.write_bytes(encode_image(restore_size(rgb, info), path.suffix.lstrip(".") or "png"))
+    for path, rgb, info in zip(paths, rgbs, infos):
+        write_output(path, encode_image(restore_size(rgb, info), output_format(path)))
         print(f"wrote {path}")
     return 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from formats.images import FIT_POLICIES
 from formats.latents import dump_safetensors, encode_metadata
-from cli.commands.codec import encode_batches, load_images, seeds_for
+from cli.commands.codec import encode_batches, latents_output, load_images, seeds_for, write_output
 from cli.commands.common import add_checkpoint_arg, add_tile_arg, load_backend, tile_mode
 
 DEFAULT_BATCH = 8
@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    output = latents_output(args.output)  # before any model work
     backend = load_backend(args)
     f = backend.config.downsample_factor
     rgbs, infos = load_images(args.images, f, args.fit)
@@ -30,7 +31,6 @@ def run(args) -> int:
     latents = encode_batches(backend, rgbs, args.mode, seeds, args.batch_size, tile=tile_mode(args))
     meta = encode_metadata(backend.config, backend.checkpoint_sha256, args.mode, seeds,
                            [Path(n).name for n in args.images], infos)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_bytes(dump_safetensors(latents, meta))
+    write_output(output, dump_safetensors(latents, meta))
     print(f"wrote {args.output}: latents {tuple(latents.shape)}")
     return 0

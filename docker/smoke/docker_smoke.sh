@@ -7,10 +7,13 @@
 #      Debian + python3 with debootstrap + `docker import`, and nginx from Debian's nginx package;
 #   3. builds the `cpu` target; checks it runs as uid 10001 with /app not writable, that the
 #      machine's CA bundle is not inside it, and prints its size;
-#   4. `docker compose --profile cpu up -d` with two CPU replicas and the balancer, waits for
-#      healthy and prints the cold-start time to ready;
-#   5. through the balancer: encodes and decodes a real photo and compares with a local `dgae serve`
-#      (same seed, within one 8-bit level); 50 mixed requests, all 200;
+#   4. `docker compose --profile cpu up -d` with two CPU replicas and the balancer, whose TLS
+#      certificate (compose secrets) was made first by docker/make-tls-cert.sh (openssl) for
+#      127.0.0.1 with a throw-away CA; waits for healthy and prints the cold-start time to ready;
+#   5. through the balancer, over HTTPS verified against that CA (plain HTTP must answer 308 to
+#      HTTPS, a client without the CA must be refused): encodes and decodes a real photo and
+#      compares with a local `dgae serve` (same seed, within one 8-bit level); 50 mixed requests,
+#      all 200;
 #   6. under load, SIGKILLs from the host one replica's main process (the PID `docker inspect`
 #      reports), then the other replica's service process (as the OOM killer would): every request
 #      still 200, each replica restarted by its restart policy and healthy again;
@@ -85,7 +88,9 @@ TRAFFIC_WARMUP_S=2
 TRAFFIC_CONCURRENCY=2
 LOG_TAIL_LINES=60
 
-CLIENT=(docker/smoke/smoke_client.py)
+TLS_DIR=$WORK/tls
+# Every HTTPS request of the client is verified against the CA made for this run.
+CLIENT=(docker/smoke/smoke_client.py --cacert "$TLS_DIR/ca.pem")
 DOCKER_DIR=docker
 BUILD_INPUTS=$DOCKER_DIR/build-inputs
 export DOCKER_BUILDKIT=0  # the legacy builder: no buildx needed
@@ -351,8 +356,18 @@ sys.exit(1 if writable else 0)' || die "/app is writable in $CPU_IMAGE"
 # ---- 4. the compose stack -----------------------------------------------------------------------
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+make_tls() {
+    command -v openssl >/dev/null || apt_install openssl
+    rm -rf "$TLS_DIR"
+    docker/make-tls-cert.sh "$TLS_DIR" >&2
+    local names
+    names=$(openssl x509 -in "$TLS_DIR/cert.pem" -noout -subject -ext subjectAltName | tr '\n' ' ' | tr -s ' ')
+    record tls_certificate "$names(signed by a CA made for this run)"
+}
+
 write_compose_env() {
     LB_PORT=$(free_port)
+    LB_TLS_PORT=$(free_port)
     local cpus
     cpus=$(nproc)
     ((cpus <= MAX_REPLICA_CPUS)) || cpus=$MAX_REPLICA_CPUS
@@ -364,10 +379,14 @@ DGAE_GPU_REPLICAS=0
 DGAE_CPU_REPLICAS=$CPU_REPLICAS
 DGAE_HTTP_BIND=127.0.0.1
 DGAE_HTTP_PORT=$LB_PORT
+DGAE_HTTPS_PORT=$LB_TLS_PORT
+DGAE_TLS_CERT_FILE=$TLS_DIR/cert.pem
+DGAE_TLS_KEY_FILE=$TLS_DIR/key.pem
 DGAE_CPUS=$cpus
 DGAE_MEMORY=$REPLICA_MEMORY
 EOF
-    LB_URL=http://127.0.0.1:$LB_PORT
+    LB_URL=https://127.0.0.1:$LB_TLS_PORT
+    LB_HTTP_URL=http://127.0.0.1:$LB_PORT
 }
 
 replica_ids() { compose ps -q "$REPLICA_SERVICE"; }
@@ -423,6 +442,8 @@ requests_through_balancer() {
         PHOTO=$("$PY" -c 'import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png"))')
     fi
     [[ -f $PHOTO ]] || die "photo $PHOTO not found (DGAE_SMOKE_PHOTO)"
+    "$PY" "${CLIENT[@]}" tls --https "$LB_URL" --http "$LB_HTTP_URL" --result "$WORK/tls.json"
+    record tls "$(json_field "$WORK/tls.json" summary)"
     start_local_serve
     timeout "$CLIENT_TIMEOUT_S" "$PY" "${CLIENT[@]}" compare --balancer "$LB_URL" --local "$LOCAL_URL" \
         --photo "$PHOTO" --seed "$SEED" --out "$WORK/compare" --result "$WORK/compare.json"
@@ -510,6 +531,7 @@ main() {
     mkdir -p "$WORK"
     [[ -x $PY && -x $(dirname "$PY")/dgae ]] || die "$PY or its dgae command not found: run make install first (DGAE_SMOKE_PYTHON)"
     local t
+    make_tls  # first: every client call verifies HTTPS against its CA
     t=$(now); ensure_docker; record step1_docker_s "$(elapsed "$t")"
     t=$(now); ensure_bases; record step2_bases_s "$(elapsed "$t")"
     t=$(now); build_cpu_image; check_image; record step3_image_s "$(elapsed "$t")"

@@ -1,6 +1,10 @@
 """HTTP and image checks for docker/smoke/docker_smoke.sh (run with the project's venv Python).
 
+    smoke_client.py [--cacert CA] COMMAND ...           HTTPS URLs are verified against CA (else the system's)
     smoke_client.py wait-ready --timeout S URL...       GET URL/readyz until 200 on every URL
+    smoke_client.py tls --https URL --http URL --result J
+        HTTPS: /readyz 200 with the certificate verified against --cacert, and refused by a client
+        that trusts only the system's CAs; plain HTTP: 308 to the same path on the HTTPS URL
     smoke_client.py compare --balancer URL --local URL --photo P --seed S --out DIR --result J
         encode P and decode it (same seed) through the balancer and through a local `dgae serve`:
         latents within LATENT_RTOL of their range, images within IMAGE_TOLERANCE_LEVELS 8-bit levels
@@ -25,6 +29,7 @@ import io
 import itertools
 import json
 import logging
+import ssl
 import sys
 import tarfile
 import threading
@@ -62,6 +67,14 @@ SAFETENSORS, NPY, JSON_T = "application/x-safetensors", "application/x-npy", "ap
 
 class CheckFailed(Exception):
     """A smoke check did not hold (the message says which and why)."""
+
+
+# What HTTPS URLs are verified against (--cacert; True: the system's CAs). Plain-HTTP URLs ignore it.
+VERIFY: ssl.SSLContext | bool = True
+
+
+def http_client(timeout_s: float) -> httpx.Client:
+    return httpx.Client(timeout=timeout_s, verify=VERIFY)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -121,7 +134,7 @@ def wait_ready(urls: list[str], timeout_s: float) -> dict:
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     pending, ready_at, last = list(urls), {}, {}
-    with httpx.Client(timeout=POLL_S * 8) as client:
+    with http_client(POLL_S * 8) as client:
         while pending:
             for url in list(pending):
                 try:
@@ -160,7 +173,7 @@ def compare(balancer: str, local: str, photo_path: Path, seed: int, out: Path) -
     photo = load_photo(photo_path)
     png = image_bytes(photo, "PNG")
     out.mkdir(parents=True, exist_ok=True)
-    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+    with http_client(REQUEST_TIMEOUT_S) as client:
         t0 = time.monotonic()
         lb_latents, lb_image, lb_headers = encode_decode(client, balancer, png, seed)
         lb_s = time.monotonic() - t0
@@ -348,7 +361,7 @@ class Tally:
 def mixed(url: str, photo_path: Path, count: int) -> dict:
     photo = load_photo(photo_path)
     tally = Tally()
-    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+    with http_client(REQUEST_TIMEOUT_S) as client:
         reqs = catalogue(client, url, photo)
         todo = list(itertools.islice(itertools.cycle(reqs), count))
         with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -365,7 +378,7 @@ def traffic(url: str, photo_path: Path, stop_file: Path, timeout_s: float, concu
     tally = Tally()
     deadline = time.monotonic() + timeout_s
     timed_out = threading.Event()
-    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+    with http_client(REQUEST_TIMEOUT_S) as client:
         reqs = [r for r in catalogue(client, url, photo) if r.method == "POST"]
         kinds = itertools.cycle(reqs)
         kinds_lock = threading.Lock()
@@ -389,6 +402,39 @@ def traffic(url: str, photo_path: Path, stop_file: Path, timeout_s: float, concu
         raise CheckFailed(f"no stop file {stop_file} after {timeout_s:.0f} s; " + result["summary"])
     if tally.problems or not tally.requests:
         raise CheckFailed(result["summary"])
+    return result
+
+
+# ---- tls ----------------------------------------------------------------------------------------
+HTTP_PERMANENT_REDIRECT = 308
+
+
+def tls_check(https_url: str, http_url: str) -> dict:
+    """The balancer's TLS: verified HTTPS, refused without the CA, plain HTTP redirected."""
+    if VERIFY is True:
+        raise CheckFailed("tls needs --cacert (the CA the balancer's certificate was made with)")
+    with http_client(REQUEST_TIMEOUT_S) as client:
+        resp = expect_ok(client.get(f"{https_url}/readyz"), f"GET {https_url}/readyz")
+        stream = resp.extensions.get("network_stream")
+        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+        version = ssl_object.version() if ssl_object is not None else "?"
+        redirect = client.post(f"{http_url}/encode?seed=1", content=b"x")
+    try:
+        httpx.get(f"{https_url}/readyz", timeout=REQUEST_TIMEOUT_S)  # the system's CAs only
+        untrusted = "accepted"
+    except httpx.ConnectError as exc:
+        untrusted = "refused" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else f"failed otherwise: {exc}"
+    expected = f"{https_url}/encode?seed=1"
+    location = redirect.headers.get("location")
+    result = {"https": https_url, "tls_version": version, "untrusted_client": untrusted,
+              "http_status": redirect.status_code, "http_location": location,
+              "summary": (f"{https_url}/readyz 200 over {version}, certificate verified against the generated CA; "
+                          f"a client without that CA: {untrusted}; POST {http_url}/encode -> {redirect.status_code} "
+                          f"{location}")}
+    if untrusted != "refused":
+        raise CheckFailed(result["summary"] + ": the certificate was not checked")
+    if redirect.status_code != HTTP_PERMANENT_REDIRECT or location != expected:
+        raise CheckFailed(result["summary"] + f": expected {HTTP_PERMANENT_REDIRECT} to {expected}")
     return result
 
 
@@ -476,7 +522,11 @@ def audit_tar(stream, bundle: Path, forbid: list[str], stock_dir: Path) -> dict:
 # ---- CLI ----------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smoke_client.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cacert", type=Path, help="verify HTTPS against this CA certificate (PEM)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    tl = sub.add_parser("tls")
+    tl.add_argument("--https", required=True)
+    tl.add_argument("--http", required=True)
     w = sub.add_parser("wait-ready")
     w.add_argument("--timeout", type=float, required=True)
     w.add_argument("urls", nargs="+")
@@ -500,7 +550,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--ca-bundle", type=Path, required=True)
     a.add_argument("--forbid", action="append", default=[])
     a.add_argument("--stock-dir", type=Path, default=STOCK_CA_DIR)
-    for s in (w, c, m, t, a):
+    for s in (tl, w, c, m, t, a):
         s.add_argument("--result", type=Path)
     return p
 
@@ -513,8 +563,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     if getattr(args, "count", 1) < 1 or getattr(args, "concurrency", 1) < 1:
         print("error: --count and --concurrency must be >= 1", file=sys.stderr)
         return EXIT_USAGE
+    global VERIFY  # noqa: PLW0603 - one setting for every client this process makes
     try:
-        if args.cmd == "wait-ready":
+        if args.cacert is not None:
+            VERIFY = ssl.create_default_context(cafile=str(args.cacert))
+        if args.cmd == "tls":
+            result = tls_check(args.https.rstrip("/"), args.http.rstrip("/"))
+        elif args.cmd == "wait-ready":
             result = wait_ready(args.urls, args.timeout)
         elif args.cmd == "compare":
             result = compare(args.balancer.rstrip("/"), args.local.rstrip("/"), args.photo, args.seed, args.out)
@@ -524,7 +579,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             result = traffic(args.url.rstrip("/"), args.photo, args.stop_file, args.timeout, args.concurrency)
         else:
             result = audit_tar(sys.stdin.buffer, args.ca_bundle, args.forbid, args.stock_dir)
-    except (CheckFailed, httpx.HTTPError, tarfile.TarError, OSError) as exc:
+    except (CheckFailed, httpx.HTTPError, tarfile.TarError, OSError, ssl.SSLError) as exc:
         print(f"error: {args.cmd}: {exc}", file=sys.stderr)
         write_result(args.result, {"error": str(exc), "summary": f"FAILED: {exc}"})
         return EXIT_FAILED

@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from dgae.errors import InputError, TooLargeError
-from formats.images import WRITE_FORMATS, FitInfo, decode_image, encode_image, fit_image, image_size, restore_size
+from formats.images import OUTPUT_MEDIA_TYPES, FitInfo, decode_image, encode_image, fit_image, image_size, restore_size
 from formats.latents import IMAGES_KEY, META_KEY, check_latent_tensor, dump_npy, dump_safetensors, load_latents
 
 from .errors import UnsupportedMediaType
@@ -38,7 +38,7 @@ RAW_IMAGE_TYPES = IMAGE_TYPES + ("application/octet-stream",)
 # Binary latents are sniffed (npy magic, else safetensors). curl --data-binary sends the form type.
 RAW_TENSOR_TYPES = (SAFETENSORS, NPY, "application/octet-stream", "application/safetensors",
                     "application/npy", "application/x-www-form-urlencoded", "")
-IMAGE_FORMATS = WRITE_FORMATS
+IMAGE_FORMATS = OUTPUT_MEDIA_TYPES
 MAX_FORM_FIELDS = 32
 
 

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from dgae.errors import InputError
-from formats.images import WRITE_FORMATS, WRITE_SUFFIXES, encode_image, to_tensor, to_uint8
+from formats.images import OUTPUT_MEDIA_TYPES, OUTPUT_SUFFIXES, encode_image, to_tensor, to_uint8
 
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE
@@ -134,10 +134,10 @@ async def decode(
     images = await eng.decode(req)
     headers = {H_SEEDS: ",".join(map(str, req.seeds)), H_STEPS: str(req.steps), **timing(DECODE, started)}
     if as_image:
-        fmt = WRITE_SUFFIXES["." + image_format]
+        fmt = OUTPUT_SUFFIXES["." + image_format]
         rgbs = await run_in_threadpool(to_uint8, images)
         data = await run_in_threadpool(encode_image, rgbs[0], fmt, JPEG_QUALITY)
-        return Response(data, media_type=WRITE_FORMATS[fmt], headers=headers)
+        return Response(data, media_type=OUTPUT_MEDIA_TYPES[fmt], headers=headers)
     if output_type == "pt" and partial_postprocess:
         out = torch.from_numpy(await run_in_threadpool(to_uint8, images))  # uint8 [N, H, W, 3]
     elif output_type == "pt":
@@ -204,7 +204,7 @@ ENCODE_BODY = {"requestBody": {"required": True, "content": {
 TENSOR_HEADERS = {"shape": {"schema": {"type": "string"}, "description": "JSON list"},
                   "dtype": {"schema": {"type": "string"}, "description": "float16, float32, bfloat16 or uint8"}}
 TENSOR_OUT = {TENSOR_MEDIA: _binary("raw tensor described by the shape and dtype headers")}
-IMAGE_OUT = {WRITE_FORMATS[f]: _binary("one image") for f in ("png", "jpeg")}
+IMAGE_OUT = {OUTPUT_MEDIA_TYPES[f]: _binary("one image") for f in ("png", "jpeg")}
 ERRORS = openapi_errors(400, 401, 413, 415, 422, 500, 503, 504)
 
 
