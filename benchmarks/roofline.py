@@ -30,16 +30,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from . import flops
-from .report import fmt, format_table
+from .report import fmt
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("f8c4-B", "f16c16-B", "small-f8c4")
 SIZES = (256, 1024)
 STEPS = (1, 2, 4)
-BATCH = {256: 32, 1024: 4}      # a batch that fills the GPU at each size (the suite's largest searched at 256 is 64)
+# a batch that fills the GPU: 32 images at 256² (the suite searches 8/32/64), the same pixels per
+# batch (2 megapixels) at larger sides, at least one image
+PIXELS_PER_BATCH = 32 * 256 * 256
+
+
+def default_batch(size: int) -> int:
+    return max(1, PIXELS_PER_BATCH // (size * size))
 DTYPE = torch.bfloat16          # the GPU suite's precision
-RESULT_NAME = "roofline.json"
+RESULT_NAME, MARKDOWN_NAME = "roofline.json", "roofline.md"
 GIGA, MEGA, MS_PER_S = 1e9, 1e6, 1e3
 
 
@@ -213,7 +219,7 @@ def predict(preset: str, size: int, batch: int, variant: str = "eager", steps=ST
 
 
 def run(presets=PRESETS, sizes=SIZES, batch: int | None = None, steps=STEPS) -> dict:
-    rows = [predict(p, s, batch or BATCH[s], v, steps) for p in presets for s in sizes for v in VARIANTS]
+    rows = [predict(p, s, batch or default_batch(s), v, steps) for p in presets for s in sizes for v in VARIANTS]
     return {"benchmark": "roofline", "gpus": {k: vars(g) for k, g in GPUS.items()}, "steps": list(steps),
             "torch": torch.__version__, "rows": rows}
 
@@ -247,11 +253,10 @@ def _markdown(headers: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)])
 
 
-def summary_text(report: dict) -> str:
-    notes = [f"{k}: {g['bf16_tflops']} TFLOP/s bf16 dense, {g['hbm_tb_s']} TB/s ({g['source']})"
-             for k, g in report["gpus"].items()]
-    return "\n".join(notes)
-
-
-__all__ = ["GPUS", "OpCostMode", "count_pass", "predict", "run", "prediction_table", "class_table",
-           "format_table"]
+def markdown(report: dict) -> str:
+    """The prediction table, the per-op-class table and the peaks they assume."""
+    notes = "\n".join(f"- {k}: {g['bf16_tflops']} TFLOP/s bf16 dense, {g['hbm_tb_s']} TB/s ({g['source']})"
+                      for k, g in report["gpus"].items())
+    return (f"Predicted decode throughput (bf16, roofline per op; img/s @N = N-step decode):\n\n"
+            f"{prediction_table(report)}\n\nPer op class, one decoder pass:\n\n{class_table(report)}\n\n"
+            f"Peaks:\n{notes}")

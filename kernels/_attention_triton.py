@@ -101,7 +101,7 @@ def _flash_attention_kernel(
 # rows per warp and spill nothing (docs/gpu.md).
 GPU_DEFAULT_16BIT = (128, 64, 8, 3)
 GPU_DEFAULT_FP32 = (64, 32, 8, 2)
-_GPU_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
+_GPU_CONFIGS = [(64, 32, 8, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
                 (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
 
 

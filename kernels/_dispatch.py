@@ -67,7 +67,10 @@ def record_gpu_launches() -> Iterator[list]:
 
 
 def record_launch(kernel: str, make_launch: Callable[[], object]) -> None:
-    """While :func:`record_gpu_launches` is active, append ``(kernel, make_launch())``."""
+    """While :func:`record_gpu_launches` is active, append ``(kernel, make_launch())``. Never while
+    ``torch.compile`` traces (Dynamo cannot read a ContextVar; see :func:`use_triton`)."""
+    if torch.compiler.is_compiling():
+        return
     launches = _RECORDER.get()
     if launches is not None:
         launches.append((kernel, make_launch()))
