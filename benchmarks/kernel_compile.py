@@ -28,6 +28,7 @@ import torch
 
 from dgae.config import IMAGE_CHANNELS
 
+from .machine import git_commit, machine_summary
 from .report import fmt, format_table, write_json
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,24 @@ def table(records: list[Record]) -> str:
          fmt(r.spills, "d"), fmt(r.shared_bytes, "d"), f"{len(r.used_by)} decodes"] for r in records])
 
 
+def markdown_table(records: list[dict]) -> str:
+    """One row per kernel, dtype and configuration, one column group per arch (docs/gpu.md)."""
+    archs = sorted({r["arch"] for r in records})
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        rows.setdefault((r["kernel"], r["dtype"], _short(r["config"]), len(r["used_by"])), {})[r["arch"]] = r
+    headers = ["kernel", "dtype", "config", "decodes", *(f"{a} {c}" for a in archs for c in ("regs", "spills", "smem B"))]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for (kernel, dtype, config, used), by_arch in rows.items():
+        cells = []
+        for a in archs:
+            r = by_arch.get(a)
+            cells += ["-"] * 3 if r is None else [fmt(r["num_regs"], "d"), fmt(r["spills"], "d") + ("" if r["ok"] else " FAIL"),
+                                                  fmt(r["shared_bytes"], "d")]
+        lines.append("| " + " | ".join([kernel, dtype, f"`{config}`", str(used), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def run(out: Path, presets=PRESETS, sizes=SIZES, archs=ARCHS, dtypes=tuple(DTYPES), kernel_names=KERNELS) -> int:
     import triton  # noqa: PLC0415
 
@@ -159,7 +178,7 @@ def run(out: Path, presets=PRESETS, sizes=SIZES, archs=ARCHS, dtypes=tuple(DTYPE
     report = {
         "benchmark": "kernels_compile",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} ({platform.processor() or 'cpu'}), no GPU needed",
+        "machine": f"{machine_summary()}, {platform.machine()}", "git": git_commit(),
         "triton": triton.__version__, "triton_pinned": pin, "matches_pin": pin == triton.__version__,
         "torch": torch.__version__, "presets": list(presets), "sizes": list(sizes),
         "archs": [f"sm_{a}" for a in archs], "dtypes": list(dtypes), "kernels": list(kernel_names),

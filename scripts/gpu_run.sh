@@ -52,15 +52,19 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 OUTPUTS=(roofline.json gpu-suite.json distill_summary.json eval-student.json eval-teacher.json
          student-fp16.safetensors run.log manifest.json)
-# hard limits (s): 30 + 300 + 240 + 15 = 585 s < 10 min
+# hard limits on a GPU (s): 30 + 300 + 240 + 15 = 585 s < 10 min. --dry-run multiplies them by
+# DRY_LIMIT_FACTOR: a shared CI CPU runs the tiny phases far slower than a GPU runs the real ones.
 ROOFLINE_LIMIT_S=30
 SUITE_LIMIT_S=300
 DISTILL_LIMIT_S=240
 MANIFEST_LIMIT_S=15
+DRY_LIMIT_FACTOR=4
+EVAL_MINUTES=1
+LIMIT_FACTOR=1
 DISTILL_MINUTES=${DISTILL_MINUTES:-1}
 
 echo "gpu run -> $OUT; it writes (at most ${#OUTPUTS[@]} files):"
-printf '  %s\n' "${OUTPUTS[@]}"
+printf '  - %s\n' "${OUTPUTS[@]}"
 
 phase() {  # name limit_s command...
   local name="$1" limit="$2"; shift 2
@@ -86,6 +90,9 @@ fi
 
 if [ "$DRY_RUN" = 1 ]; then
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  LIMIT_FACTOR=$DRY_LIMIT_FACTOR
+  # the suite steps this dry run keeps, at gpu_suite.sh's own defaults (20, 70, 20 s) x the factor
+  export PEAK_LIMIT_S=$((20 * LIMIT_FACTOR)) DECODE_LIMIT_S=$((70 * LIMIT_FACTOR)) MERGE_LIMIT_S=$((20 * LIMIT_FACTOR))
   DEVICE=cpu
   ROOFLINE_ARGS=(--presets tiny --sizes 32 --steps 1,2)
   SUITE_ARGS=(--dry-run)
@@ -110,7 +117,7 @@ for split, n in (("train", 4), ("val", 2)):
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.jpg")
 EOF
   "$PYTHON" -m cli init tiny -o "$INIT" >> "$LOG" 2>&1 || exit 1
-  DISTILL_ENV=(RECIPE=distill-tiny PROBE_STEPS=2 STARTUP_S=0 EVAL_MINUTES=1
+  DISTILL_ENV=(RECIPE=distill-tiny PROBE_STEPS=2 STARTUP_S=0 EVAL_MINUTES=$((EVAL_MINUTES * LIMIT_FACTOR))
                "TRAIN_ARGS=--max-steps 2 --batch-size 2 --crop-size 32 --workers 0 --log-every 1"
                "EVAL_ARGS=--crop 32 --max-side 64 --batch-size 2")
   DISTILL_MINUTES=1
@@ -124,7 +131,7 @@ else
   export MERGE_LIMIT_S=15 BUDGET_MARGIN_S=10
   DATA=${DATA:-data/photos}
   INIT=weights/dgae-small-f8c4.safetensors
-  DISTILL_ENV=(EVAL_MINUTES=1)
+  DISTILL_ENV=(EVAL_MINUTES="$EVAL_MINUTES")
   if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "error: no CUDA device visible to $PYTHON; use --dry-run on a CPU machine" >&2
     exit 2
@@ -138,6 +145,8 @@ missing=$("$PYTHON" -c 'import importlib.util as u
 print(" ".join(m for m in ("torch", "safetensors", "PIL", "numpy", "pytorch_msssim", "triton") if u.find_spec(m) is None))')
 [ -z "$missing" ] || echo "warning: missing Python packages: $missing (bring their wheels in .whl/)" | tee -a "$LOG"
 
+ROOFLINE_LIMIT_S=$((ROOFLINE_LIMIT_S * LIMIT_FACTOR)) SUITE_LIMIT_S=$((SUITE_LIMIT_S * LIMIT_FACTOR))
+DISTILL_LIMIT_S=$((DISTILL_LIMIT_S * LIMIT_FACTOR)) MANIFEST_LIMIT_S=$((MANIFEST_LIMIT_S * LIMIT_FACTOR))
 RUN_START=$SECONDS
 phase roofline "$ROOFLINE_LIMIT_S" "$PYTHON" -m cli bench roofline --out "$SCRATCH/roofline" "${ROOFLINE_ARGS[@]}"
 cp "$SCRATCH/roofline/roofline.json" "$OUT/" 2>/dev/null
@@ -151,11 +160,13 @@ cp "$SCRATCH/distill/eval-student/eval.json" "$OUT/eval-student.json" 2>/dev/nul
 cp "$SCRATCH/distill/eval-teacher/eval.json" "$OUT/eval-teacher.json" 2>/dev/null
 cp "$SCRATCH/distill/ema-fp16.safetensors" "$OUT/student-fp16.safetensors" 2>/dev/null
 
-timeout "$MANIFEST_LIMIT_S" "$PYTHON" - "$OUT" "$PHASES" "$DRY_RUN" "$((SECONDS - RUN_START))" "${OUTPUTS[@]}" <<'EOF'
+timeout "$MANIFEST_LIMIT_S" "$PYTHON" - "$OUT" "$PHASES" "$DRY_RUN" "$((SECONDS - RUN_START))" "$LIMIT_FACTOR" \
+  "${OUTPUTS[@]}" <<'EOF'
 import json, platform, sys
 from pathlib import Path
 import torch
-out, phases, dry, seconds, expected = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5:]
+out, phases, dry, seconds = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text()), sys.argv[3] == "1", int(sys.argv[4])
+limit_factor, expected = int(sys.argv[5]), sys.argv[6:]
 try:
     import triton
     triton_version = triton.__version__
@@ -163,7 +174,7 @@ except ImportError:
     triton_version = None
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 written = sorted(p.name for p in out.iterdir() if p.is_file()) + ["manifest.json"]
-manifest = {"run": "scripts/gpu_run.sh", "dry_run": dry, "seconds": seconds, "gpu": gpu,
+manifest = {"run": "scripts/gpu_run.sh", "dry_run": dry, "seconds": seconds, "limit_factor": limit_factor, "gpu": gpu,
             "machine": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "triton": triton_version, "phases": phases, "files": sorted(set(written)),
             "missing": [f for f in expected if f not in written],

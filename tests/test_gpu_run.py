@@ -14,7 +14,7 @@ import pytest
 from kernel_cases import requires_triton
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_run.sh"
-DRY_RUN_TIMEOUT_S = 600
+DRY_RUN_TIMEOUT_S = 1200   # the phases' limits x4 on CPU; about 2 minutes on an idle 2-core machine
 MAX_FILES = 8        # what comes back from a lent GPU machine
 EXPECTED = {"roofline.json", "gpu-suite.json", "distill_summary.json", "eval-student.json", "eval-teacher.json",
             "student-fp16.safetensors", "run.log", "manifest.json"}
@@ -31,14 +31,14 @@ def test_dry_run_writes_the_listed_files_and_every_phase_passes(tmp_path):
     out = tmp_path / "run"
     proc = _run("--dry-run", str(out), timeout=DRY_RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    listed = [line.strip() for line in proc.stdout.split("\n") if line.startswith("  ")]
+    listed = [line.removeprefix("  - ") for line in proc.stdout.split("\n") if line.startswith("  - ")]
     assert set(listed) == EXPECTED                                    # it says what it writes, first
     written = {p.name for p in out.iterdir()}
     assert written == EXPECTED and len(written) <= MAX_FILES and all((out / n).is_file() for n in written)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dry_run"] is True and manifest["failed"] == [] and manifest["missing"] == []
     assert set(manifest["phases"]) == {"roofline", "suite", "distill"}
-    assert sum(p["limit_s"] for p in manifest["phases"].values()) < GPU_RUN_LIMIT_S
+    assert sum(p["limit_s"] for p in manifest["phases"].values()) / manifest["limit_factor"] < GPU_RUN_LIMIT_S
     assert all(p["exit"] == 0 for p in manifest["phases"].values())
     suite = json.loads((out / "gpu-suite.json").read_text())
     assert suite["dry_run"] is True and suite["decode"]["rows"]
