@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dgae.config import IMAGE_CHANNELS
-
+from . import flops
 from .machine import git_commit, machine_summary
 from .report import fmt, format_table, write_json
 
@@ -67,18 +66,15 @@ class Record:
 def trace_launches(preset: str, size: int, dtype: torch.dtype) -> list[tuple[str, object]]:
     """``(kernel, FixedLaunch)`` of one sampled decode of ``preset`` at ``size``² (meta device)."""
     import kernels  # noqa: PLC0415
-    from dgae.decoder import Decoder  # noqa: PLC0415
     from dgae.presets import get_preset  # noqa: PLC0415
     from dgae.sampler import SamplePlan, run_sampler  # noqa: PLC0415
 
     config = get_preset(preset)
-    side = -(-size // config.decoder_multiple) * config.decoder_multiple
-    with torch.device("meta"):
-        decoder = Decoder(config).to(dtype)
-        buf = torch.empty(TRACE_BATCH, IMAGE_CHANNELS + config.latent_channels, side, side, dtype=STATE_DTYPE)
+    meta_pass = flops.meta_decoder_pass(config, size, size, TRACE_BATCH, dtype)   # padded like decode
+    buf = meta_pass.buf.to(STATE_DTYPE)                                            # the sampler state
     plan = SamplePlan.build(config.sampler, TRACE_STEPS)
     with torch.no_grad(), kernels.record_gpu_launches() as launches:
-        run_sampler(lambda b, t: decoder.forward_buffer(b.to(dtype), t), buf, plan)
+        run_sampler(lambda b, t: meta_pass.decoder.forward_buffer(b.to(dtype), t), buf, plan)
     return launches
 
 
