@@ -3,6 +3,8 @@ memory, no compute), and the dense bf16 tensor-core peak of known GPUs: the phys
 decode could reach. Achieved fraction = counted FLOPs / measured time / peak."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 import kernels
@@ -28,20 +30,42 @@ def bf16_peak_tflops(gpu_name: str | None) -> float | None:
     return None
 
 
-def decoder_pass_flops(config: DGAEConfig, height: int, width: int, batch: int = 1) -> float:
-    """FLOPs (2 per multiply-add) of one ``Decoder.forward_buffer`` at the U-Net input size."""
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+@dataclass
+class MetaPass:
+    """One ``Decoder.forward_buffer`` on the meta device, called under counting modes. The PyTorch
+    reference ops run (a Triton kernel cannot run on meta tensors)."""
 
+    decoder: torch.nn.Module
+    buf: torch.Tensor
+    t: torch.Tensor
+
+    def __call__(self) -> torch.Tensor:
+        with torch.no_grad(), kernels.use_kernels("reference"):
+            return self.decoder.forward_buffer(self.buf, self.t)
+
+
+def meta_decoder_pass(config: DGAEConfig, height: int, width: int, batch: int = 1,
+                      dtype: torch.dtype = torch.float32) -> MetaPass:
+    """The pass at the U-Net input size (padded like decode) in ``dtype`` (weights and U-Net
+    input; the time steps stay fp32)."""
     from dgae.decoder import Decoder  # noqa: PLC0415
 
     multiple = config.decoder_multiple
     h, w = -(-height // multiple) * multiple, -(-width // multiple) * multiple  # padded like decode
     with torch.device("meta"):
-        decoder = Decoder(config)
-        buf = torch.empty(batch, IMAGE_CHANNELS + config.latent_channels, h, w)
+        decoder = Decoder(config).to(dtype)
+        buf = torch.empty(batch, IMAGE_CHANNELS + config.latent_channels, h, w, dtype=dtype)
         t = torch.empty(batch)
-    with FlopCounterMode(display=False) as counter, torch.no_grad(), kernels.use_kernels("reference"):
-        decoder.forward_buffer(buf, t)  # the PyTorch ops (a Triton kernel cannot run on meta tensors)
+    return MetaPass(decoder, buf, t)
+
+
+def decoder_pass_flops(config: DGAEConfig, height: int, width: int, batch: int = 1) -> float:
+    """FLOPs (2 per multiply-add) of one ``Decoder.forward_buffer`` at the U-Net input size."""
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    run = meta_decoder_pass(config, height, width, batch)
+    with FlopCounterMode(display=False) as counter:
+        run()
     return float(counter.get_total_flops())
 
 

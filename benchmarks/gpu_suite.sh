@@ -16,7 +16,11 @@
 # usage: benchmarks/gpu_suite.sh [--dry-run] OUT_DIR
 #   --dry-run   CPU only (CI): the same Python entry points at tiny sizes (tiny presets, 16-32 px,
 #               Triton interpreter), in about a minute.
-# env: PYTHON (default .venv/bin/python, else python3).
+# env: PYTHON (default .venv/bin/python, else python3); the steps' hard limits PEAK_LIMIT_S,
+#      KERNELS_LIMIT_S, DECODE_LIMIT_S, COMPILE_LIMIT_S, ANCHORS_LIMIT_S, MERGE_LIMIT_S (seconds) and
+#      BUDGET_MARGIN_S (what a decode step keeps to write its part before its limit); DRY_PRESETS
+#      (--dry-run's presets, default "tiny tiny-f16c16"); SKIP_STEPS (names not to run, e.g.
+#      "compile anchors"; decode / compile name both presets' steps).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -43,19 +47,20 @@ cd "$ROOT" || exit 2
 
 # hard limits (s), worst case 20 + 60 + 2 x 70 + 2 x 90 + 45 + 20 = 465 s < 8 min; the decode
 # budgets leave each process BUDGET_MARGIN_S to write its part and exit before its limit
-PEAK_LIMIT_S=20
-KERNELS_LIMIT_S=60
-DECODE_LIMIT_S=70
-COMPILE_LIMIT_S=90
-ANCHORS_LIMIT_S=45
-MERGE_LIMIT_S=20
-BUDGET_MARGIN_S=15
+# (each may be set in the environment, e.g. by scripts/gpu_run.sh, which fits the suite into less)
+PEAK_LIMIT_S=${PEAK_LIMIT_S:-20}
+KERNELS_LIMIT_S=${KERNELS_LIMIT_S:-60}
+DECODE_LIMIT_S=${DECODE_LIMIT_S:-70}
+COMPILE_LIMIT_S=${COMPILE_LIMIT_S:-90}
+ANCHORS_LIMIT_S=${ANCHORS_LIMIT_S:-45}
+MERGE_LIMIT_S=${MERGE_LIMIT_S:-20}
+BUDGET_MARGIN_S=${BUDGET_MARGIN_S:-15}
 FAST_VARIANTS=eager,cuda-graph,triton,triton+cuda-graph
 SUITE_ARGS=()
 if [ "$DRY_RUN" = 1 ]; then
   export TRITON_INTERPRET=1
   DEVICE=cpu
-  PRESETS=(tiny tiny-f16c16)
+  read -r -a PRESETS <<< "${DRY_PRESETS:-tiny tiny-f16c16}"
   SUITE_ARGS=(--dry-run)
   ANCHORS_ARGS=(--preset tiny --size 32 --batch 1 --steps 1,2 --repeats 1)
 else
@@ -76,6 +81,7 @@ SUITE_START=$SECONDS
 
 run_step() {  # name limit_s command...
   local name="$1" limit="$2"; shift 2
+  if [[ " ${SKIP_STEPS:-} " == *" ${name%%-*} "* ]]; then echo "=== $name: skipped (SKIP_STEPS)"; return; fi
   echo "=== $name (limit ${limit}s): $*"
   local start=$SECONDS
   timeout --signal=TERM --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cli.commands.export", "export to ONNX / build TensorRT engines / write a diffusers folder"),
     "serve": ("cli.commands.serve", "run the HTTP service"),
     "bench": ("cli.commands.bench", "run throughput / load / anchor benchmarks"),
+    "kernels": ("cli.commands.kernels", "compile the Triton kernels ahead of time for sm_80 / sm_90"),
 }
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import Launcher, check_same_device, interpreting
+from ._triton_common import FixedLaunch, Launcher, check_same_device, interpreting
 
 LOG2E = 1.4426950408889634
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -95,9 +95,13 @@ def _flash_attention_kernel(
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): a short list, since every new (N, D, dtype) tunes
 # anew; configs that exceed shared memory/registers (fp32 IEEE tiles) are skipped by the autotuner.
-GPU_DEFAULT_16BIT = (128, 64, 4, 3)  # fixed launch configs (no autotuning unless asked)
-GPU_DEFAULT_FP32 = (64, 32, 4, 2)
-_GPU_CONFIGS = [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
+# Fixed launch configs (no autotuning unless asked), checked by `dgae kernels compile` for sm_80 and
+# sm_90 at the decoders' shapes: with 4 warps, (128, 64) 16-bit tiles at head dim 64 spilled ~250 B
+# on sm_80 (255 registers), and (64, 32) fp32 IEEE tiles spilled ~15 KB on both; 8 warps halve the
+# rows per warp and spill nothing (docs/gpu.md).
+GPU_DEFAULT_16BIT = (128, 64, 8, 3)
+GPU_DEFAULT_FP32 = (64, 32, 8, 2)
+_GPU_CONFIGS = [(64, 32, 8, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
                 (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3)]
 
 
@@ -137,6 +141,22 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     check_same_device("flash_attention", q, k, v)
 
 
+def _arguments(q, k, v, out, scale: float | None, interpret: bool) -> tuple[tuple, dict]:
+    """The kernel's runtime arguments and flags (shared by the launch and :func:`gpu_launch`)."""
+    heads, n_q, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    args = (q, k, v, out, heads, n_q, k.shape[2], scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride())
+    return args, dict(HEAD_DIM=head_dim, UPCAST=interpret, IEEE=q.dtype == torch.float32)
+
+
+def gpu_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> FixedLaunch:
+    """The launch a GPU makes for these inputs by default (tensors may be on the meta device)."""
+    _check(q, k, v)
+    args, flags = _arguments(q, k, v, torch.empty_like(q), None, interpret=False)
+    return _launch.fixed(args, flags, ieee=flags["IEEE"])
+
+
 def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            scale: float | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` for ``[B, H, N, D]`` tensors, in q's dtype.
@@ -155,11 +175,7 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return out
     if n_kv == 0:
         raise ValueError("flash_attention: k/v have zero tokens")
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    args = (q, k, v, out, heads, n_q, n_kv, scale * LOG2E,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride())
-    ieee = q.dtype == torch.float32
-    flags = dict(HEAD_DIM=head_dim, UPCAST=interpreting(), IEEE=ieee)
+    args, flags = _arguments(q, k, v, out, scale, interpreting())
     grid = lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-    _launch(grid, args, flags, ieee=ieee)
+    _launch(grid, args, flags, ieee=flags["IEEE"])
     return out

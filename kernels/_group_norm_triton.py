@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import Launcher, check_same_device
+from ._triton_common import FixedLaunch, Launcher, check_same_device
 
 INTERPRET_BLOCK = 1024
 INTERPRET_WARPS = 4
@@ -121,6 +121,28 @@ def _check(x, weight, bias, num_groups, scale, shift) -> None:
     check_same_device("group_norm_silu", x, weight, bias, scale, shift)
 
 
+def _arguments(x_c, y, weight, bias, num_groups: int, eps: float, scale, shift, silu: bool) -> tuple[tuple, dict]:
+    """The kernel's runtime arguments and flags for contiguous ``x_c`` (shared with :func:`gpu_launch`)."""
+    channels = x_c.shape[1]
+    spatial = math.prod(x_c.shape[2:])
+    group_numel = channels // num_groups * spatial
+    sc = scale if scale is not None else weight                       # dummies, never read
+    sh = shift if shift is not None else weight
+    s_scale = scale.stride() if scale is not None else (0, 0)
+    s_shift = shift.stride() if shift is not None else (0, 0)
+    args = (x_c, y, weight, bias, sc, sh, channels, num_groups, spatial, group_numel,
+            *s_scale, *s_shift, float(eps))
+    return args, dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=bool(silu))
+
+
+def gpu_launch(x, weight, bias, num_groups: int, eps: float, scale=None, shift=None,
+               silu: bool = True) -> FixedLaunch:
+    """The launch a GPU makes for these inputs by default (tensors may be on the meta device)."""
+    _check(x, weight, bias, num_groups, scale, shift)
+    x_c = x.contiguous()
+    return _launch.fixed(*_arguments(x_c, torch.empty_like(x_c), weight, bias, num_groups, eps, scale, shift, silu))
+
+
 def group_norm_silu_triton(x, weight, bias, num_groups: int, eps: float,
                            scale=None, shift=None, silu: bool = True, *,
                            out: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,17 +160,8 @@ def group_norm_silu_triton(x, weight, bias, num_groups: int, eps: float,
                          f"{x.device}, got {tuple(out.shape)} {out.dtype} on {out.device}")
     else:
         y = out
-    batch, channels = x.shape[0], x.shape[1]
-    spatial = math.prod(x.shape[2:])
-    group_numel = channels // num_groups * spatial
     if y.numel() == 0:
         return y
-    sc = scale if scale is not None else weight                       # dummies, never read
-    sh = shift if shift is not None else weight
-    s_scale = scale.stride() if scale is not None else (0, 0)
-    s_shift = shift.stride() if shift is not None else (0, 0)
-    args = (x_c, y, weight, bias, sc, sh, channels, num_groups, spatial, group_numel,
-            *s_scale, *s_shift, float(eps))
-    flags = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=bool(silu))
-    _launch(lambda meta: (batch * num_groups,), args, flags)
+    args, flags = _arguments(x_c, y, weight, bias, num_groups, eps, scale, shift, silu)
+    _launch(lambda meta: (x.shape[0] * num_groups,), args, flags)
     return y

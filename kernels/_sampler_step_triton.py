@@ -13,11 +13,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_common import check_same_device
+from ._triton_common import FixedLaunch, check_same_device, fixed_launch
 
 IMAGE_CHANNELS = 3
 BLOCK = 1024        # elements per program (power of two)
 NUM_WARPS = 4
+LAUNCH_META = {"BLOCK": BLOCK, "num_warps": NUM_WARPS}  # the one launch config (no autotuning)
 # read inside the kernel: compiled Triton only accepts globals that are tl.constexpr (the
 # interpreter accepts plain floats, so only a GPU run caught this)
 CLAMP_MIN, CLAMP_MAX = tl.constexpr(-1.0), tl.constexpr(1.0)
@@ -65,6 +66,24 @@ def _check(buf: torch.Tensor, v: torch.Tensor, v_prev: torch.Tensor | None) -> N
     check_same_device("euler_step", buf, v, v_prev)
 
 
+def _arguments(buf, v, dt: float, clamp: bool, v_prev) -> tuple[tuple, dict]:
+    """The kernel's runtime arguments and flags (shared by the launch and :func:`gpu_launch`)."""
+    height, width = buf.shape[2], buf.shape[3]
+    heun = v_prev is not None
+    vp = v_prev if heun else v                    # dummy pointer, never read when HEUN=False
+    step = 0.5 * float(dt) if heun else float(dt)
+    args = (buf, v, vp, IMAGE_CHANNELS * height * width, height * width, width,
+            *buf.stride(), *v.stride(), *vp.stride(), step)
+    return args, dict(HEUN=heun, CLAMP=bool(clamp))
+
+
+def gpu_launch(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: bool = False,
+               v_prev: torch.Tensor | None = None) -> FixedLaunch:
+    """The launch a GPU makes for these inputs (tensors may be on the meta device)."""
+    _check(buf, v, v_prev)
+    return fixed_launch(_sampler_step_kernel, *_arguments(buf, v, dt, clamp, v_prev), LAUNCH_META)
+
+
 def euler_step_triton(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: bool = False,
                       v_prev: torch.Tensor | None = None) -> torch.Tensor:
     """In-place ``buf[:, :3] += dt * v`` (or the Heun corrector); returns ``buf``."""
@@ -73,13 +92,6 @@ def euler_step_triton(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: bool
     n_per_sample = IMAGE_CHANNELS * height * width
     if batch == 0 or n_per_sample == 0:
         return buf
-    heun = v_prev is not None
-    vp = v_prev if heun else v                    # dummy pointer, never read when HEUN=False
-    step = 0.5 * float(dt) if heun else float(dt)
-    grid = (batch, triton.cdiv(n_per_sample, BLOCK))
-    _sampler_step_kernel[grid](
-        buf, v, vp, n_per_sample, height * width, width,
-        *buf.stride(), *v.stride(), *vp.stride(), step,
-        HEUN=heun, CLAMP=bool(clamp), BLOCK=BLOCK, num_warps=NUM_WARPS,
-    )
+    args, flags = _arguments(buf, v, dt, clamp, v_prev)
+    _sampler_step_kernel[(batch, triton.cdiv(n_per_sample, BLOCK))](*args, **flags, **LAUNCH_META)
     return buf

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import use_triton
+from ._dispatch import record_launch, use_triton
 
 
 def flash_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -39,8 +39,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The Triton path takes fp32/fp16/bf16 q/k/v of one dtype with any strides and D a power of
     two in [16, 128] (ValueError otherwise); k/v may have a different token count than q.
     """
+    record_launch("attention", lambda: _triton().gpu_launch(q, k, v))
     if use_triton(q, k, v):
         from ._attention_triton import flash_attention_triton  # noqa: PLC0415 (needs triton)
 
         return flash_attention_triton(q, k, v, scale)
     return sdpa_attention(q, k, v, scale)
+
+
+def _triton():
+    from . import _attention_triton  # noqa: PLC0415 (needs triton)
+
+    return _attention_triton

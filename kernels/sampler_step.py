@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import use_triton
+from ._dispatch import record_launch, use_triton
 
 IMAGE_CHANNELS = 3
 
@@ -35,8 +35,15 @@ def euler_step_reference(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: b
 def euler_step(buf: torch.Tensor, v: torch.Tensor, dt: float, clamp: bool = False,
                v_prev: torch.Tensor | None = None) -> torch.Tensor:
     """Update ``buf[:, :3]`` in place (Euler, or Heun's corrector when ``v_prev`` is given); returns buf."""
+    record_launch("sampler_step", lambda: _triton().gpu_launch(buf, v, dt, clamp, v_prev))
     if use_triton(buf, v, v_prev):
         from ._sampler_step_triton import euler_step_triton  # noqa: PLC0415
 
         return euler_step_triton(buf, v, dt, clamp, v_prev)
     return euler_step_reference(buf, v, dt, clamp, v_prev)
+
+
+def _triton():
+    from . import _sampler_step_triton  # noqa: PLC0415 (needs triton)
+
+    return _sampler_step_triton

@@ -94,6 +94,11 @@ def _parse(path: Path, root: Path, with_names: bool = False) -> tuple[str, list[
     return module, imported_modules(tree, module, path.name == "__init__.py", with_names)
 
 
+def module_exists(dotted: str, root: Path = ROOT) -> bool:
+    base = root.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
 def check_file(path: Path, package: str, root: Path = ROOT) -> list[Violation]:
     module, imports = _parse(path, root)
     rel = str(path.relative_to(root))
@@ -110,6 +115,26 @@ def check_file(path: Path, package: str, root: Path = ROOT) -> list[Violation]:
                 bad.append(Violation(rel, line, imported, f"{top} is the same layer as {package}"))
             else:
                 bad.append(Violation(rel, line, imported, f"{top} is a higher layer than {package}"))
+    return bad
+
+
+def missing_imports(path: Path, package: str, root: Path = ROOT) -> list[Violation]:
+    """Imports of the file's own package that name no module and no name of a package's __init__
+    (what a move leaves behind: ``from . import roofline`` after roofline.py moved away)."""
+    module = module_name(path, root)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    rel, bad = str(path.relative_to(root)), []
+    for line, imported in imported_modules(tree, module, path.name == "__init__.py", with_names=True):
+        if imported.split(".")[0] != package or module_exists(imported, root):
+            continue
+        parent = imported.rsplit(".", 1)[0]
+        init = root.joinpath(*parent.split(".")) / "__init__.py"
+        name = imported.rsplit(".", 1)[-1]
+        if module_exists(parent, root) and not init.is_file():
+            continue  # `from pkg.module import name`: a name inside an existing module
+        if init.is_file() and name in init.read_text():
+            continue  # a name the package's __init__ defines or re-exports
+        bad.append(Violation(rel, line, imported, "no such module (a move left this import behind?)"))
     return bad
 
 
@@ -147,7 +172,7 @@ def violations(root: Path = ROOT) -> list[Violation]:
     for path, package in source_files(root):
         if package in SCRIPT_DIRS:  # scripts are the top layer: only same-layer imports would matter
             continue
-        out += check_file(path, package, root)
+        out += check_file(path, package, root) + missing_imports(path, package, root)
     return out
 
 

@@ -78,3 +78,12 @@ def test_scripts_and_docker_are_in_the_layer_check(tmp_path):
     assert {"scripts", "docker"} <= checked
     root = _tree(tmp_path, {"backends/x.py": "import scripts.make_bulk_input\n"})
     assert "higher layer" in layers.check_file(root / "backends/x.py", "backends", root)[0].reason
+
+
+def test_an_import_of_a_module_that_no_longer_exists_is_caught(tmp_path):
+    root = _tree(tmp_path, {"cli/__init__.py": "", "cli/commands/__init__.py": "",
+                            "cli/commands/bench.py": "def run():\n    from . import roofline\n"})
+    found = layers.missing_imports(root / "cli/commands/bench.py", "cli", root)
+    assert [(v.imported, v.reason.split(" (")[0]) for v in found] == [("cli.commands.roofline", "no such module")]
+    (root / "cli/commands/roofline.py").write_text("")
+    assert not layers.missing_imports(root / "cli/commands/bench.py", "cli", root)

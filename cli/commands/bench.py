@@ -1,4 +1,4 @@
-"""`dgae bench backends|load|anchors|sizes|plots|markdown`: run a benchmark, print its table, write
+"""`dgae bench backends|load|anchors|sizes|roofline|plots|markdown`: run a benchmark, print its table, write
 ``<out>/<benchmark>-<cpu|cuda>.json`` (machine, versions, commit, checkpoint sha256 included)
 and the matching PNG plot."""
 from __future__ import annotations
@@ -65,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch", help="backend name for backends.factory (default torch)")
     add_clock_argument(p)
 
+    p = sub.add_parser("roofline", help="predicted decode img/s on H100 / H200 from counted FLOPs and bytes "
+                                        "(no GPU needed)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for roofline.json and roofline.md")
+    p.add_argument("--presets", default=None, help="comma-separated presets (default f8c4-B,f16c16-B,small-f8c4)")
+    p.add_argument("--sizes", type=int_list, default=None, help="image sides (default 256,1024)")
+    p.add_argument("--steps", type=int_list, default=None, help="decode steps (default 1,2,4)")
+    p.add_argument("--batch", type=int, default=None, help="batch of every row (default: 2 megapixels, 32 at 256, 2 at 1024)")
+
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
 
@@ -95,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(render_folder(args.out) or f"no results JSON in {args.out}")
         return 0
+    if args.bench == "roofline":
+        return run_roofline(args)
     device = resolve_device(args.device)
     check_clock(args, device)
     apply_threads(args.threads)
@@ -209,3 +219,22 @@ def run_sizes(args: argparse.Namespace, checkpoint: Path, device: str) -> dict:
     report["failed"] = any("error" in r for r in report["rows"])
     report["checkpoint_path"] = str(checkpoint)
     return report
+
+
+# ----------------------------------------------------------------------------- roofline
+def run_roofline(args: argparse.Namespace) -> int:
+    from benchmarks import roofline  # noqa: PLC0415
+    from benchmarks.report import write_json  # noqa: PLC0415
+
+    if args.batch is not None and args.batch < 1:
+        raise InputError("--batch must be >= 1")
+    presets = tuple(p.strip() for p in args.presets.split(",") if p.strip()) if args.presets else roofline.PRESETS
+    report = roofline.run(presets, tuple(args.sizes or roofline.SIZES), args.batch,
+                          tuple(args.steps or roofline.STEPS))
+    text = roofline.markdown(report)
+    print(text)
+    path = write_json(args.out / roofline.RESULT_NAME, report)
+    md = args.out / roofline.MARKDOWN_NAME
+    md.write_text(text + "\n")
+    print(f"wrote {path}\nwrote {md}")
+    return 0
