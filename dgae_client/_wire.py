@@ -19,15 +19,18 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from ._latents import attach, fit_records, metadata_of, read_safetensors, restore, safetensors_bytes
 from .errors import ArgumentError, ResponseError, ServiceError, service_error_class
 
 MAX_ERROR_CHARS = 500
 OCTET, NPY, ZIP = "application/octet-stream", "application/x-npy", "application/zip"
+LATENTS_FORMAT = "safetensors"                    # what encode asks for: the binary format with the fit metadata
 IMAGE_FIELD = "image"
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 TENSOR_TYPES = ("np", "pt")
 LATENT_DTYPES = (np.float16, np.float32)          # sent as they are; other dtypes become float32
 TORCH_LATENT_DTYPES = ("torch.float16", "torch.float32")
+LATENTS_RANK = 4                                  # (N, c, h, w); (c, h, w) is one latent
 UINT8_MAX = 255                                   # float images in [-1, 1] map to 0..255
 HTTP_OK_MIN, HTTP_OK_MAX = 200, 299
 
@@ -151,25 +154,30 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def latents_body(latents: LatentsLike) -> tuple[bytes | Path, str]:
-    """(body, content type): files and bytes go as they are (the server sniffs safetensors / .npy),
-    arrays and tensors as .npy."""
+    """(body, content type): files and bytes go as they are (the server sniffs safetensors / .npy);
+    arrays and tensors as .npy, or as safetensors with their encode metadata when they carry it."""
     if isinstance(latents, (str, os.PathLike)):
         return readable(latents), OCTET
     if isinstance(latents, (bytes, bytearray, memoryview)):
         return bytes(latents), OCTET
+    meta = metadata_of(latents)
     if is_tensor(latents):
         latents = tensor_numpy(latents, keep=TORCH_LATENT_DTYPES)
     if isinstance(latents, np.ndarray):
         if latents.dtype not in LATENT_DTYPES:
             latents = latents.astype(np.float32)
-        return npy_bytes(np.ascontiguousarray(latents)), NPY
+        array = np.ascontiguousarray(latents).view(np.ndarray)
+        if meta is not None:  # the encode's fit records travel back: the server can restore the sizes
+            fit_records(meta, len(array) if array.ndim == LATENTS_RANK else 1)
+            return safetensors_bytes(array, meta), OCTET
+        return npy_bytes(array), NPY
     raise ArgumentError(f"cannot send {type(latents).__name__} as latents (numpy array, torch tensor, or the "
                         "bytes / path of a .safetensors or .npy file)")
 
 
 def encode_call(images, mode: str, seeds: Seeds, fit: str, dtype: str) -> Call:
     parts = image_parts(images)
-    params = {"mode": mode, "fit": fit, "dtype": dtype, "format": "npy"}
+    params = {"mode": mode, "fit": fit, "dtype": dtype, "format": LATENTS_FORMAT}
     if (seed := seed_text(seeds)) is not None:
         params["seed"] = seed
     if len(parts) == 1:  # one raw image body (the server sniffs the format)
@@ -196,6 +204,28 @@ def array(response: httpx.Response, return_tensors: str):
     except (ValueError, OSError, EOFError) as exc:
         raise ResponseError(f"the service sent an unreadable .npy body ({exc})") from None
     return import_torch().from_numpy(arr) if return_tensors == "pt" else arr
+
+
+def encoded(response: httpx.Response, return_tensors: str):
+    """Latents from an /encode answer with the service's metadata attached as ``.metadata`` (a .npy
+    answer, from a service that ignores ``format``, has none)."""
+    if response.headers.get("content-type", "").split(";")[0] == NPY:
+        return array(response, return_tensors)
+    latents, meta = read_safetensors(response.content)
+    return attach(latents, meta, import_torch() if return_tensors == "pt" else None)
+
+
+def restored(images, latents):
+    """Decoded arrays (numpy or torch) cropped / resized back to the original sizes ``latents``'
+    metadata records: one array when they share a size, else a list of arrays."""
+    records = fit_records(metadata_of(latents), len(images))
+    if records is None:
+        return images
+    if is_tensor(images):
+        out = restore(images.numpy(), records)
+        torch = import_torch()
+        return [torch.from_numpy(a) for a in out] if isinstance(out, list) else torch.from_numpy(out)
+    return restore(images, records)
 
 
 def image_files(response: httpx.Response) -> list[bytes]:

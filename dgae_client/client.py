@@ -13,8 +13,15 @@ PIL images, uint8 numpy arrays (H, W, 3) / (N, H, W, 3) or float torch tensors (
 (N, 3, H, W) in [-1, 1] (sent as lossless PNG); several images go in one request and must share
 one size after the server's ``fit``. Latents may be numpy arrays or torch tensors (c, h, w) /
 (N, c, h, w), or the bytes / path of a .safetensors or .npy latents file. ``return_tensors="pt"``
-returns torch tensors instead of numpy arrays. torch is optional: tensors are recognised without
-importing it, and only ``return_tensors="pt"`` imports it.
+returns torch tensors instead of numpy arrays.
+
+Original sizes survive the round trip: ``encode`` asks for safetensors and returns the latents with
+the service's metadata (each image's original size and ``fit``) as ``.metadata`` (a ``Latents``
+numpy array, or a torch tensor with that attribute); ``decode`` sends it back, so a 451x300 photo
+padded to 456x304 decodes to 451x300 (see ``dgae_client._latents``).
+
+torch is optional: tensors are recognised without importing it, and only ``return_tensors="pt"``
+imports it.
 
 Requests from files are streamed from disk. Every call has a timeout; 503 answers (queue full,
 loading, draining) and connection failures are retried up to ``retries`` times, waiting the
@@ -43,6 +50,7 @@ except ModuleNotFoundError as exc:  # a dependency of dgae-client, an optional e
 from ._wire import IMAGE_FIELD, OCTET, ImageLike, LatentsLike, Seeds, TensorType
 from ._wire import Call as _Call
 from ._wire import array as _array
+from ._wire import encoded as _encoded
 from ._wire import check_tensor_type as _check_tensor_type
 from ._wire import checked as _checked
 from ._wire import decode_call as _decode_call
@@ -50,6 +58,7 @@ from ._wire import encode_call as _encode_call
 from ._wire import error_from_response
 from ._wire import image_files as _image_files
 from ._wire import json_body as _json
+from ._wire import restored as _restored
 from .errors import ArgumentError, ClientError, ConnectionFailed, RequestTimeout, ServiceError
 
 log = logging.getLogger(__name__)
@@ -155,15 +164,16 @@ class Client:
                fit: str = "pad", dtype: str = "float32", return_tensors: TensorType = "np"):
         """Images -> latents (N, c, H/f, W/f); ``seeds`` for mode="sample" (int s: image i uses s+i)."""
         _check_tensor_type(return_tensors)
-        return _array(self._request(_encode_call(images, mode, seeds, fit, dtype)), return_tensors)
+        return _encoded(self._request(_encode_call(images, mode, seeds, fit, dtype)), return_tensors)
 
     def decode(self, latents: LatentsLike, *, steps: int | None = None, seeds: Seeds = None,
                image_format: str | None = None, quality: int | None = None, return_tensors: TensorType = "np"):
-        """Latents -> uint8 images (N, H, W, 3) at the decoder's size, or with ``image_format`` a list of
-        encoded files (cropped back to the original size when the latents carry it)."""
+        """Latents -> uint8 images (N, H, W, 3), or with ``image_format`` a list of encoded files; both at
+        the original sizes when the latents carry ``encode``'s metadata (a list of arrays when those
+        sizes differ), else at the decoder's size."""
         _check_tensor_type(return_tensors)
         response = self._request(_decode_call(latents, steps, seeds, image_format, quality))
-        return _image_files(response) if image_format else _array(response, return_tensors)
+        return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
 
     def info(self) -> dict:
         """GET /v1/model: preset, f, c, checkpoint, backend, steps range, limits."""
@@ -249,13 +259,13 @@ class AsyncClient:
                      fit: str = "pad", dtype: str = "float32", return_tensors: TensorType = "np"):
         _check_tensor_type(return_tensors)
         call = await asyncio.to_thread(_encode_call, images, mode, seeds, fit, dtype)  # PNG encoding is CPU work
-        return _array(await self._request(call), return_tensors)
+        return _encoded(await self._request(call), return_tensors)
 
     async def decode(self, latents: LatentsLike, *, steps: int | None = None, seeds: Seeds = None,
                      image_format: str | None = None, quality: int | None = None, return_tensors: TensorType = "np"):
         _check_tensor_type(return_tensors)
         response = await self._request(_decode_call(latents, steps, seeds, image_format, quality))
-        return _image_files(response) if image_format else _array(response, return_tensors)
+        return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
 
     async def info(self) -> dict:
         return _json(await self._request(_Call("GET", "/v1/model")))

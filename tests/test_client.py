@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -17,13 +18,18 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.numpy import save as st_save
 
-from dgae_client import (ArgumentError, AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter,
+from dgae_client import (ArgumentError, AsyncClient, BadRequest, Client, ConnectionFailed, InvalidParameter, Latents,
                          RequestTimeout, ServerError, ServiceError, ServiceUnavailable, Unauthorized,
                          error_from_response)
 from tests import layers
 
 C = 4                       # latent channels in the mocks (the mock transport checks no shapes)
+F = 8                       # the mocked model's downsampling factor
+PHOTO_W, PHOTO_H = 451, 300                        # not multiples of F: fit=pad encodes 456x304
+PADDED_W, PADDED_H = -(-PHOTO_W // F) * F, -(-PHOTO_H // F) * F
+SAFETENSORS_HEADER_LEN = 8  # bytes of the little-endian header length
 RETRY_AFTER_S = 1           # what the mock sends
 FAST_BACKOFF_S = 0.01
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +51,26 @@ def png(h: int = 32, w: int = 32, seed: int = 0) -> bytes:
 
 def npy_response(array: np.ndarray, **headers) -> httpx.Response:
     return httpx.Response(200, content=dump_npy(array), headers={"Content-Type": "application/x-npy", **headers})
+
+
+def encode_answer(n: int = 1, fit: str = "pad", width: int = PHOTO_W) -> httpx.Response:
+    """What the service answers to /encode?format=safetensors for n photos width x 300 (fit=pad, or
+    resize to the padded size)."""
+    info = {"orig_height": PHOTO_H, "orig_width": width, "height": PADDED_H, "width": PADDED_W, "fit": fit,
+            "pad_bottom": PADDED_H - PHOTO_H if fit == "pad" else 0,
+            "pad_right": PADDED_W - width if fit == "pad" else 0, "crop_top": 0, "crop_left": 0}
+    meta = {"model": "tiny", "f": F, "c": C, "mode": "mean", "seeds": None,
+            "images": [{"name": f"p{i}.png", **info} for i in range(n)]}
+    z = np.random.default_rng(n).standard_normal((n, C, PADDED_H // F, PADDED_W // F)).astype(np.float32)
+    body = st_save({"latents": z}, metadata={"dgae": json.dumps(meta)})
+    return httpx.Response(200, content=body, headers={"Content-Type": "application/x-safetensors"})
+
+
+def sent_metadata(body: bytes) -> dict:
+    """The dgae metadata of a safetensors request body."""
+    header_len = int.from_bytes(body[:SAFETENSORS_HEADER_LEN], "little")
+    header = json.loads(body[SAFETENSORS_HEADER_LEN:SAFETENSORS_HEADER_LEN + header_len])
+    return json.loads(header["__metadata__"]["dgae"])
 
 
 def native_error(status: int, code: str, message: str, **headers) -> httpx.Response:
@@ -85,7 +111,8 @@ def test_encode_one_image_is_a_raw_body_with_the_parameters(tmp_path):
     assert np.array_equal(out, z)
     req = script.requests[0]
     assert req.url.path == "/encode" and req.headers["authorization"] == "Bearer k"
-    assert dict(req.url.params) == {"mode": "sample", "fit": "crop", "dtype": "float16", "format": "npy", "seed": "3"}
+    assert dict(req.url.params) == {"mode": "sample", "fit": "crop", "dtype": "float16", "format": "safetensors",
+                                    "seed": "3"}
     assert req.headers["content-type"] == "application/octet-stream" and script.bodies[0] == path.read_bytes()
 
 
@@ -123,6 +150,51 @@ def test_decode_sends_npy_and_reads_arrays_or_image_files():
     assert first.headers["content-type"] == "application/x-npy"
     sent = np.load(io.BytesIO(script.bodies[0]))
     assert sent.dtype == np.float32 and np.array_equal(sent, z)
+
+
+def test_numpy_latents_keep_the_original_size_through_decode():
+    """Issue 27: a 451x300 photo came back 456x304 from numpy latents. encode's metadata now rides on
+    the returned array (also z[i] and z[a:b]) and decode sends it back and restores 451x300."""
+    full = np.zeros((2, PADDED_H, PADDED_W, 3), np.uint8)
+    script = Script(encode_answer(2), npy_response(full), npy_response(full[:1]), npy_response(full),
+                    httpx.Response(200, content=b"png", headers={"Content-Type": "image/png"}))
+    with client_for(script) as c:
+        z = c.encode([png(PHOTO_H, PHOTO_W), png(PHOTO_H, PHOTO_W, seed=1)])
+        assert z.shape == (2, C, PADDED_H // F, PADDED_W // F) and z.metadata["images"][1]["name"] == "p1.png"
+        z[0, 0, 0, 0] = 1.0  # a writable array
+        assert c.decode(z).shape == (2, PHOTO_H, PHOTO_W, 3)
+        assert c.decode(z[1]).shape == (1, PHOTO_H, PHOTO_W, 3)             # one item keeps its own record
+        assert c.decode(np.asarray(z) * 1).shape == (2, PADDED_H, PADDED_W, 3)  # derived: no record, full size
+        assert c.decode(z[1:], image_format="png") == [b"png"]
+    assert [im["orig_width"] for im in sent_metadata(script.bodies[1])["images"]] == [PHOTO_W, PHOTO_W]
+    assert [im["name"] for im in sent_metadata(script.bodies[2])["images"]] == ["p1.png"]
+    assert [im["name"] for im in sent_metadata(script.bodies[4])["images"]] == ["p1.png"]
+    assert script.bodies[3].startswith(b"\x93NUMPY")
+    assert dict(script.requests[4].url.params) == {"format": "png"}  # the server crops image files itself
+
+
+def test_resized_latents_of_different_sizes_decode_to_a_list_at_their_sizes():
+    """fit=resize records: arrays are resized back here (bicubic), one per image when sizes differ."""
+    narrow = encode_answer(1, fit="resize", width=PHOTO_W - F)
+    wide = encode_answer(1, fit="resize")
+    full = np.zeros((1, PADDED_H, PADDED_W, 3), np.uint8)
+    script = Script(narrow, wide, npy_response(np.concatenate([full, full])))
+    with client_for(script) as c:
+        a, b = c.encode(png(PHOTO_H, PHOTO_W - F)), c.encode(png(PHOTO_H, PHOTO_W))
+        both = np.concatenate([a, b]).view(Latents)
+        both.metadata = {"images": a.metadata["images"] + b.metadata["images"]}
+        images = c.decode(both)
+    assert isinstance(images, list) and [x.shape for x in images] == [(PHOTO_H, PHOTO_W - F, 3), (PHOTO_H, PHOTO_W, 3)]
+
+
+def test_latents_whose_records_do_not_match_are_refused_before_any_request():
+    script = Script(encode_answer(2))
+    with client_for(script) as c:
+        z = c.encode([png(PHOTO_H, PHOTO_W), png(PHOTO_H, PHOTO_W, seed=1)])
+        z.metadata = {"images": z.metadata["images"][:1]}
+        with pytest.raises(ArgumentError, match="one record per latent"):
+            c.decode(z)
+    assert len(script.requests) == 1
 
 
 @pytest.mark.parametrize("call", [

@@ -1,5 +1,5 @@
 """clients/python builds dgae-client alone: a wheel holding only the dgae_client package, depending on
-numpy, httpx and pillow with the same pins as dgae-serve (torch only as an extra)."""
+numpy, httpx, pillow and safetensors with the same pins as dgae-serve (torch only as an extra)."""
 from __future__ import annotations
 
 import re
@@ -15,7 +15,7 @@ import dgae_client
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIENT_PROJECT = REPO_ROOT / "clients" / "python"
 BUILD_TIMEOUT_S = 300
-CLIENT_DEPENDENCIES = {"numpy", "httpx", "pillow"}
+CLIENT_DEPENDENCIES = {"numpy", "httpx", "pillow", "safetensors"}
 
 
 def requirement_name(requirement: str) -> str:

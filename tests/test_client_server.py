@@ -26,7 +26,8 @@ from dgae_client import (ArgumentError, AsyncClient, BadRequest, Client, Invalid
                          Unauthorized)
 from formats.images import to_uint8
 from service_cases import AUTH, API_KEY, C, F, latents, png, serve, st_bytes
-from test_client import RETRY_AFTER_S, Script, client_for, npy_response
+from test_client import (PADDED_H, PADDED_W, PHOTO_H, PHOTO_W, RETRY_AFTER_S, Script, client_for, encode_answer,
+                         npy_response, sent_metadata)
 
 SLOW_STEPS = 64             # keeps the single-slot slow server busy
 SLOW_SIDE = 8               # latent side of the slow decodes (64x64 images)
@@ -103,6 +104,18 @@ def test_integer_torch_images_are_refused_before_any_request():
     with client_for(script) as c, pytest.raises(ArgumentError, match="torch images must be float"):
         c.encode(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
     assert script.requests == []
+
+
+def test_torch_latents_keep_the_original_size_through_decode():
+    """Issue 27 with return_tensors="pt": the metadata is an attribute of the tensor encode returns."""
+    full = np.zeros((1, PADDED_H, PADDED_W, 3), np.uint8)
+    script = Script(encode_answer(1), npy_response(full))
+    with client_for(script) as c:
+        z = c.encode(png(PHOTO_H, PHOTO_W), return_tensors="pt")
+        images = c.decode(z, return_tensors="pt")
+    assert isinstance(z, torch.Tensor) and z.metadata["images"][0]["orig_width"] == PHOTO_W
+    assert isinstance(images, torch.Tensor) and tuple(images.shape) == (1, PHOTO_H, PHOTO_W, 3)
+    assert sent_metadata(script.bodies[1])["images"] == z.metadata["images"]
 
 
 # --- torch hidden from the client's process ---------------------------------------------------------------
@@ -209,6 +222,18 @@ def test_a_real_round_trip_with_torch_hidden_matches_one_with_torch(slow_server,
     assert alone["images"].shape == (1, 5 * F, 6 * F, 3) and alone["images"].dtype == np.uint8
     assert np.abs(alone["images"].astype(int) - images.numpy().astype(int)).max() <= 1
     assert Image.open(io.BytesIO(alone["png"].tobytes())).size == (6 * F, 5 * F)
+
+
+@pytest.mark.server
+def test_real_server_round_trips_a_451x300_photo_at_its_size(slow_server):
+    """Issue 27 against the service: numpy latents from encode decode to 451x300 (arrays and PNG)."""
+    with Client(slow_server.url, api_key=API_KEY) as c:
+        z = c.encode(png(PHOTO_H, PHOTO_W, seed=3))
+        assert z.shape == (1, C, PADDED_H // F, PADDED_W // F)
+        assert c.decode(z, seeds=1).shape == (1, PHOTO_H, PHOTO_W, 3)
+        [file] = c.decode(z, seeds=1, image_format="png")
+        assert Image.open(io.BytesIO(file)).size == (PHOTO_W, PHOTO_H)
+        assert c.decode(np.asarray(z).copy(), seeds=1).shape == (1, PADDED_H, PADDED_W, 3)  # no record: full size
 
 
 @pytest.mark.server
