@@ -6,7 +6,9 @@ Names are ``<latent>-<size>`` (e.g. ``f16c16-B``); ``f16c16`` alone means the B 
 """
 from __future__ import annotations
 
-from .config import DecoderConfig, DGAEConfig, EncoderConfig, SamplerConfig
+from dataclasses import replace
+
+from .config import DecoderConfig, DGAEConfig, EncoderConfig, SamplerConfig, TilingConfig
 from .errors import ConfigError
 
 # SD-VAE encoder layouts per spatial factor, chosen so every encoder has ~35M params (paper).
@@ -17,11 +19,23 @@ PAPER_DECODER_PARAMS = {"B": 122e6, "M": 276e6, "L": 491e6}
 PAPER_ENCODER_PARAMS = 35e6
 
 
+ENCODE_TILE_STEP = 256  # encode tiles step by this (see TilingConfig); the overlap is the default's or f
+
+
+def _tiling(f: int) -> TilingConfig:
+    """The default tiling, or for a downsampling factor the default's encode tile does not divide
+    (f32: 272 is no multiple of 32) a tile of ENCODE_TILE_STEP + f with an overlap of f."""
+    default = TilingConfig()
+    if default.encode_tile % f == 0 and default.encode_overlap % f == 0:
+        return default
+    return replace(default, encode_tile=ENCODE_TILE_STEP + f, encode_overlap=f)
+
+
 def _paper(latent: str, size: str) -> DGAEConfig:
     f, c = PAPER_LATENTS[latent]
     base, temb = _DECODER_SIZES[size]
     return DGAEConfig(
-        name=f"{latent}-{size}", latent_channels=c,
+        name=f"{latent}-{size}", latent_channels=c, tiling=_tiling(f),
         encoder=EncoderConfig(base_channels=128, channel_mult=_ENCODER_MULT[f], num_res_blocks=2),
         decoder=DecoderConfig(base_channels=base, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
                               attention_factors=(8, 16, 32), head_channels=64, temb_channels=temb),
