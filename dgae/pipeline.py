@@ -20,7 +20,7 @@ import torch
 
 from .config import DGAEConfig
 from .request import DecodeRequest, EncodeRequest
-from .sampler import Denoiser, SamplePlan, per_sample_noise, prepare_decode_buffer, run_sampler
+from .sampler import Denoiser, SamplePlan, pad_latents, per_sample_noise, prepare_decode_buffer, run_sampler
 from .tiling import TiledDenoiser, TileGrid, tiled_moments
 
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -46,6 +46,15 @@ def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto")
     if tile == "off" or max(height, width) <= t.encode_tile:
         return None
     return TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
+
+
+def decode_buffer_size(config: DGAEConfig, height: int, width: int) -> tuple[int, int]:
+    """(H, W) of the U-Net buffer a decode of latents ``height`` x ``width`` runs on: padded exactly as
+    :func:`dgae.sampler.prepare_decode_buffer` pads (on the meta device, no memory; a 1-row latent
+    becomes ``decoder_multiple`` pixel rows)."""
+    f = config.downsample_factor
+    z = pad_latents(torch.empty(1, config.latent_channels, height, width, device="meta"), f, config.decoder_multiple)
+    return z.shape[-2] * f, z.shape[-1] * f
 
 
 def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
