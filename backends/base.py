@@ -144,20 +144,19 @@ class Backend(abc.ABC):
 
     def encode_passes(self, req: EncodeRequest) -> int:
         """Encoder calls :meth:`run_encode` makes for ``req`` (tiles of every item, ``tile_batch`` per call)."""
-        grid = pipeline.encode_grid(self.config, *req.images.shape[-2:], req.tile)
-        return self._calls(req.n, len(grid.boxes) if grid else 1, grid is not None)
+        return self._calls(req.n, pipeline.encode_tiles(self.config, *req.images.shape[-2:], req.tile))
 
     def decode_passes(self, req: DecodeRequest) -> int:
         """Denoiser calls :meth:`run_decode` makes for ``req``: tiles x steps (x2 for Heun's corrector)."""
         size = pipeline.decode_buffer_size(self.config, *req.latents.shape[-2:])
-        grid = pipeline.decode_grid(self.config, *size, req.tile)
-        return req.plan.evaluations * self._calls(req.n, len(grid.boxes) if grid else 1, grid is not None)
+        return req.plan.evaluations * self._calls(req.n, pipeline.decode_tiles(self.config, *size, req.tile))
 
-    def _calls(self, n: int, tiles: int, tiled: bool) -> int:
+    def _calls(self, n: int, tiles: tuple[int, int, int] | None) -> int:
+        """Network calls for ``n`` items: one per chunk in one piece, else their tiles ``tile_batch`` per call."""
         chunks = self.chunks(n)
-        if not tiled:
+        if tiles is None:
             return len(chunks)
-        return sum(math.ceil((sl.stop - sl.start) * tiles / self.tile_batch) for sl in chunks)
+        return sum(math.ceil((sl.stop - sl.start) * tiles[0] / self.tile_batch) for sl in chunks)
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor, tile: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:

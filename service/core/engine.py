@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ from dgae.request import DecodeKey, DecodeRequest, EncodeKey, EncodeRequest
 from .admission import Admission
 from .batcher import DynamicBatcher
 from .cost import CostModel
-from .errors import NotReady, OverDeadline, retry_after
+from .errors import Busy, NotReady, OverDeadline, retry_after
 from .metrics import ServiceMetrics
 from .settings import ServiceSettings
 
 ENCODE, DECODE = "encode", "decode"
 OPERATIONS = (ENCODE, DECODE)
+ESTIMATE_MARGIN = 1.25  # refuse when estimate x this passes the deadline: estimates are not promises
 JOBS_ROUTE = "/v1/jobs"  # named in over_deadline messages (the jobs adapter, service.jobs, serves it)
 TIMEOUT_HEADER = "X-DGAE-Timeout-S"
 Request = EncodeRequest | DecodeRequest
@@ -76,6 +78,8 @@ class Engine:
         # on_start runs once the batchers exist; on_stop(seconds left) drains beside the batchers.
         self.on_start: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[float], Awaitable[None]]] = []
+        # Seconds of work (a job) that a new request of an operation would wait behind on its worker.
+        self.work_ahead: list[Callable[[str], float]] = []
 
     def require_ready(self) -> None:
         if not self.ready:
@@ -93,19 +97,29 @@ class Engine:
         return s.request_timeout_s if asked_s is None else min(asked_s, s.max_request_timeout_s)
 
     def check_deadline(self, operation: str, req: Request, timeout_s: float) -> None:
-        """413 ``over_deadline`` at once when the cost model's estimate is over ``timeout_s``
-        (rather than a 504 after computing for the whole deadline)."""
+        """Refuse at once, rather than answer 504 after computing for the whole deadline: 413
+        ``over_deadline`` when the cost model's estimate (x ESTIMATE_MARGIN) is over ``timeout_s``;
+        503 ``busy`` when it fits alone but not behind the job computing on the worker now."""
         est = self.cost.estimate(operation, req)
-        if est.seconds is None or est.seconds <= timeout_s:
+        if est.seconds is None:
+            return
+        own = est.seconds * ESTIMATE_MARGIN
+        ahead = sum(hook(operation) for hook in self.work_ahead)
+        if own + ahead <= timeout_s:
             return
         self.metrics.over_deadline.labels(operation).inc()
         s = self.settings
+        if own <= timeout_s:
+            raise Busy(f"this {operation} is estimated at {est.describe()}, but the {operation} worker is busy with "
+                       f"a job for about {ahead:.0f} s more, past this request's deadline of {timeout_s:g} s; retry "
+                       f"later or submit it as a job: POST {JOBS_ROUTE}/{operation}",
+                       headers=retry_after(max(s.retry_after_s, math.ceil(ahead))))
         longer = (f"ask for a deadline of up to {s.max_request_timeout_s:g} s with the {TIMEOUT_HEADER} header, or "
-                  if est.seconds <= s.max_request_timeout_s and timeout_s < s.max_request_timeout_s else "")
+                  if own <= s.max_request_timeout_s and timeout_s < s.max_request_timeout_s else "")
         raise OverDeadline(f"this {operation} is estimated at {est.describe()} on {self.cost.backend or 'this backend'}"
-                           f"/{self.cost.device or 'device'}, over this request's deadline of {timeout_s:g} s; "
-                           f"{longer}submit it as a job: POST {JOBS_ROUTE}/{operation} with the same body and "
-                           f"parameters, then poll GET {JOBS_ROUTE}/{{id}}")
+                           f"/{self.cost.device or 'device'}, over this request's deadline of {timeout_s:g} s "
+                           f"(estimates count x{ESTIMATE_MARGIN:g}); {longer}submit it as a job: POST "
+                           f"{JOBS_ROUTE}/{operation} with the same body and parameters, then poll GET {JOBS_ROUTE}/{{id}}")
 
     async def encode(self, req: EncodeRequest, timeout_s: float | None = None) -> torch.Tensor:
         """A checked request -> latents [N, c, H/f, W/f] (tiled when larger than a tile)."""

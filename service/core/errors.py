@@ -84,6 +84,11 @@ class OverDeadline(ServiceError):
     status, code = 413, "over_deadline"
 
 
+class Busy(ServiceError):
+    """Refused up front: the request fits its deadline alone, not behind the job on its worker."""
+    status, code = 503, "busy"
+
+
 class NotFound(ServiceError):
     status, code = 404, "not_found"
 

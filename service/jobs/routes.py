@@ -152,5 +152,6 @@ def install(app: FastAPI, eng: Engine) -> None:
     app.state.jobs = run
     eng.on_start.append(run.start)
     eng.on_stop.append(run.stop)
+    eng.work_ahead.append(run.seconds_ahead)
     app.include_router(build_router())
 

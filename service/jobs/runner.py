@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from dgae.errors import DGAEError
@@ -84,6 +85,11 @@ class JobRunner:
     def _stopped_message(self) -> str:
         return (f"the service shut down while the job was running and it did not finish within "
                 f"shutdown_timeout_s={self.engine.settings.shutdown_timeout_s} s; submit it again")
+
+    def seconds_ahead(self, op: str) -> float:
+        """The running job's estimated time left on ``op``'s worker (a synchronous request waits that long)."""
+        job = self.running.get(op)
+        return (job.seconds_left(time.time()) or 0.0) if job is not None else 0.0
 
     # --- jobs ---------------------------------------------------------------------------------
     def submit(self, prepared: Prepared, owner: str) -> Job:

@@ -76,6 +76,7 @@ class Job:
                             "fraction": round(self.done / self.total, 4) if self.total else 0.0},
                "seconds_left": None if left is None else round(left, 1),
                "estimate_s": None if self.estimate_s is None else round(self.estimate_s, 1),
+               "pixels": self.pixels,  # what admission charges: padded, tiled
                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
                "queued_s": round((self.started_at or now) - self.created_at, 3),
                "error": self.error}
