@@ -84,10 +84,23 @@ def poll(c: httpx.Client, job_id: str, every_s: float = POLL_S, until=None) -> t
         time.sleep(every_s)
 
 
+def thin_checks(c: httpx.Client) -> None:
+    wide = png(THIN_WIDE, 1)
+    t = time.monotonic()
+    r = c.post("/encode", content=wide, headers={"Content-Type": "image/png"})
+    report("thin_16777216x1", status=r.status_code, seconds=round(time.monotonic() - t, 2), body=r.json(),
+           png_bytes=len(wide))
+    r = c.post("/v1/jobs/encode", content=png(THIN_NARROW, 1), headers={"Content-Type": "image/png"})
+    report("thin_65536x1", status=r.status_code, charged_pixels=r.json().get("pixels"),
+           image_pixels=THIN_NARROW, padded_pixels=THIN_NARROW * 8)
+    poll(c, r.json()["id"], every_s=0.5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8771)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--only-thin", action="store_true", help="only the thin-image checks")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dgae-jobs-"))
     log = work / "server.log"
@@ -96,6 +109,11 @@ def main() -> None:
     model = c.get("/v1/model").json()
     report("model", backend=model["backend"], device=model["device"], cost=model["cost"],
            default_steps=model["steps"]["default"], request_timeout_s=model["limits"]["request_timeout_s"])
+    if args.only_thin:
+        thin_checks(c)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        return
     big = latents_body(SIDE)
 
     t = time.monotonic()
@@ -134,14 +152,7 @@ def main() -> None:
     report("cancel", state=ended["state"], cancel_seconds=round(cancel_s, 2), passes_done=ended["progress"]["done"],
            next_sync_status=r.status_code, next_sync_seconds=round(time.monotonic() - t, 2))
 
-    wide = png(THIN_WIDE, 1)
-    t = time.monotonic()
-    r = c.post("/encode", content=wide, headers={"Content-Type": "image/png"})
-    report("thin_16777216x1", status=r.status_code, seconds=round(time.monotonic() - t, 2), body=r.json())
-    r = c.post("/v1/jobs/encode", content=png(THIN_NARROW, 1), headers={"Content-Type": "image/png"})
-    report("thin_65536x1", status=r.status_code, charged_pixels=r.json().get("pixels"),
-           image_pixels=THIN_NARROW, padded_pixels=THIN_NARROW * 8)
-    poll(c, r.json()["id"], every_s=0.5)
+    thin_checks(c)
 
     drained = c.post("/v1/jobs/decode?seed=4", content=big).json()
     poll(c, drained["id"], every_s=0.2, until=lambda x: x["state"] == "running")

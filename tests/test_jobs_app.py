@@ -186,6 +186,10 @@ def test_cancel_running_job_frees_the_worker(tiny_checkpoint, tmp_path):
         wait_ready(c)
         job = submit(c, side=BIG_LATENT)
         poll(c, job["id"], until=lambda j: j["progress"]["done"] >= 2)
+        c.app.state.service.cost.observe("decode", 1.0, 1e-6, calibration=True)  # a rate: small work fits alone
+        r = c.post("/decode", content=st_bytes(latents()), headers={**AUTH, "X-DGAE-Timeout-S": "0.5"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "busy" and "retry-after" in r.headers
+        assert "busy with a job" in r.json()["error"]["message"]
         r = c.delete(f"/v1/jobs/{job['id']}", headers=AUTH)
         assert r.status_code == 202
         ended, _ = poll(c, job["id"])

@@ -27,6 +27,7 @@ STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 ACTIVE = (QUEUED, RUNNING)
 ID_BYTES = 12
 OWNER_HEX = 16
+MIN_PACE_PASSES = 4  # before this many passes, time left comes from the cost model's estimate, not the pace
 ANONYMOUS = "anonymous"
 RECORD_SUFFIX, RESULT_SUFFIX, TMP_SUFFIX = ".json", ".result", ".tmp"
 
@@ -60,12 +61,15 @@ class Job:
         return self.state not in ACTIVE
 
     def seconds_left(self, now: float) -> float | None:
-        """Time to finish: from this run's own pace once it has passes done, else the estimate."""
+        """Time to finish: from this run's own pace once MIN_PACE_PASSES are done, else the estimate's
+        remaining share."""
         if self.finished:
             return 0.0
-        if self.state == RUNNING and self.done and self.started_at:
-            return (now - self.started_at) / self.done * (self.total - self.done)
-        return self.estimate_s
+        if self.state == RUNNING and self.started_at and (self.done >= MIN_PACE_PASSES or self.estimate_s is None):
+            return (now - self.started_at) / max(1, self.done) * (self.total - self.done)
+        if self.estimate_s is None or not self.total:
+            return self.estimate_s
+        return self.estimate_s * (self.total - self.done) / self.total
 
     def view(self, ttl_s: float, now: float | None = None) -> dict:
         """The JSON a client polls: one flat object, ``progress`` in passes, times in seconds."""
