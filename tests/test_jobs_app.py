@@ -232,6 +232,18 @@ def test_results_survive_a_restart_and_running_jobs_end_with_a_reason(tiny_check
         assert "shutdown_timeout_s" in ended["error"]["message"]
 
 
+def test_a_running_job_that_finishes_within_the_shutdown_timeout_is_drained(tiny_checkpoint, tmp_path):
+    backend = slow_backend(tiny_checkpoint)
+    with make_client(tmp_path, backend=backend, warmup=False, shutdown_timeout_s=60) as c:
+        wait_ready(c)
+        job = submit(c)
+        poll(c, job["id"], until=lambda j: j["state"] != "queued")
+    with make_client(tmp_path, backend=backend, warmup=False) as c:
+        wait_ready(c)
+        assert c.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()["state"] == "done"
+        assert c.get(f"/v1/jobs/{job['id']}/result", headers=AUTH).headers["content-type"] == "image/png"
+
+
 def test_a_job_left_running_by_a_killed_process_is_failed_at_start(tiny_checkpoint, tmp_path):
     jobs = tmp_path / "jobs"
     jobs.mkdir()

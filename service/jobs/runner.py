@@ -49,6 +49,7 @@ class JobRunner:
         self.queues: dict[str, asyncio.Queue[str]] = {}
         self.prepared: dict[str, Prepared] = {}  # queued jobs' checked inputs (memory only)
         self.running: dict[str, Job] = {}
+        self.runs: dict[str, asyncio.Task] = {}  # the running job's task per operation
         self.tasks: dict[str, asyncio.Task] = {}
         self.closing = False
 
@@ -68,10 +69,10 @@ class JobRunner:
                 self.prepared.pop(job.id, None)
                 self.store.fail(job, ShuttingDown.status, ShuttingDown.code,
                                 "the service shut down before the job started; submit it again")
-        running = [t for op, t in self.tasks.items() if op in self.running]
-        if running:
-            log.info("jobs: draining %d running job(s) for up to %.0f s", len(running), timeout_s)
-            _, busy = await asyncio.wait(running, timeout=max(0.0, timeout_s - CANCEL_GRACE_S))
+        runs = list(self.runs.values())
+        if runs:
+            log.info("jobs: draining %d running job(s) for up to %.0f s", len(runs), timeout_s)
+            _, busy = await asyncio.wait(runs, timeout=max(0.0, timeout_s - CANCEL_GRACE_S))
             if busy:
                 for job in self.running.values():
                     job.cancel_requested = True
@@ -126,15 +127,14 @@ class JobRunner:
             if job is None or job.finished or prepared is None:
                 continue
             self.running[op] = job
-            try:
-                await self._run(job, prepared)
-            finally:
-                self.running.pop(op, None)
-                self.update_metrics()
+            run = asyncio.get_running_loop().create_task(self._run(job, prepared), name=f"dgae-job-{job.id}")
+            self.runs[op] = run
+            await asyncio.shield(run)  # cancelling the loop (shut-down) leaves the run to drain
 
     async def _reserve(self, job: Job):
+        """The job's admission pixels, waiting while the budget is full; None once the service stops."""
         admission = self.engine.admission
-        while True:
+        while not self.closing:
             try:
                 return admission.reserve(job.operation, job.pixels)
             except BudgetFull:
@@ -143,6 +143,12 @@ class JobRunner:
     async def _run(self, job: Job, prepared: Prepared) -> None:
         eng, op = self.engine, job.operation
         reservation = await self._reserve(job)
+        if reservation is None or job.finished:  # stopped (and failed by stop()) while waiting for room
+            self.running.pop(op, None)
+            self.runs.pop(op, None)
+            if reservation is not None:
+                reservation.release()
+            return
         try:
             self.store.start(job)
             eng.metrics.job_queue_seconds.labels(op).observe(job.started_at - job.created_at)
@@ -175,6 +181,9 @@ class JobRunner:
             log.warning("job %s failed: %s", job.id, job.error["message"], exc_info=not isinstance(exc, DGAEError))
         finally:
             reservation.release()
+            self.running.pop(op, None)
+            self.runs.pop(op, None)
+            self.update_metrics()
 
     @staticmethod
     def _error_of(exc: Exception) -> tuple[int, str, str]:
