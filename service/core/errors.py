@@ -223,5 +223,7 @@ def openapi_errors(*statuses: int) -> dict[int, dict]:
             415: "unsupported Content-Type", 422: "parameter out of range",
             500: "backend failure (only this batch's requests)",
             503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
-            504: "request deadline exceeded"}
+            504: "request deadline exceeded", 404: "no such job (unknown, expired or another key's)",
+            409: "the job has not finished", 410: "the job was cancelled",
+            429: "too many jobs queued or running for this API key", 507: "job results fill their disk quota"}
     return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

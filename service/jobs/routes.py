@@ -138,11 +138,17 @@ def build_router() -> APIRouter:
                          responses=openapi_errors(401, 404))
     router.add_api_route("/{job_id}/result", get_result, methods=["GET"], response_class=Response,
                          summary="A finished job's result: exactly the synchronous route's answer",
-                         responses=openapi_errors(401, 404, 409))
+                         responses={**openapi_errors(400, 401, 404, 409, 410, 413, 500, 503, 507),
+                                    200: {"description": "the body /decode or /encode would have answered"}})
     router.add_api_route("/{job_id}/events", events, methods=["GET"], response_class=StreamingResponse,
-                         summary="Server-sent progress events")
+                         summary="Server-sent progress events", responses={
+                             **openapi_errors(401, 404),
+                             200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                                   "description": "progress events, then end"}})
     router.add_api_route("/{job_id}", delete_job, methods=["DELETE"], status_code=202,
-                         summary="Cancel a queued or running job; delete a finished one", response_class=Response)
+                         summary="Cancel a queued or running job; delete a finished one", response_class=Response,
+                         responses={**openapi_errors(401, 404), 202: {"description": "cancelling: the job JSON"},
+                                    204: {"description": "a finished job and its result deleted"}})
     return router
 
 
