@@ -19,7 +19,9 @@ So a seed means the same image on every backend, and adding a runtime is one sma
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
@@ -30,6 +32,18 @@ from dgae.sampler import SamplePlan, run_sampler
 
 CPU_TILE_BATCH = 1
 GPU_TILE_BATCH = 8
+
+# Called in the compute thread after every network pass of a run (a denoiser call of a decode, a
+# moments call of an encode); it may raise to stop the run between passes (a cancelled job).
+PassHook = Callable[[], None]
+
+
+def _counted(fn: Callable, on_pass: PassHook) -> Callable:
+    def call(*args):
+        out = fn(*args)
+        on_pass()
+        return out
+    return call
 
 
 @dataclass(frozen=True)
@@ -108,18 +122,41 @@ class Backend(abc.ABC):
         return self.run_decode(DecodeRequest.resolve(self.config, latents, steps, seeds, tile))
 
     @torch.no_grad()
-    def run_encode(self, req: EncodeRequest) -> torch.Tensor:
-        """A checked request -> public latents [N, c, H/f, W/f] float on the CPU."""
-        return _cat([pipeline.encode(self.config, self._moments, req.split(sl), self.tile_batch).cpu()
+    def run_encode(self, req: EncodeRequest, on_pass: PassHook | None = None) -> torch.Tensor:
+        """A checked request -> public latents [N, c, H/f, W/f] float on the CPU. ``on_pass`` runs after
+        each encoder call (:meth:`encode_passes` of them)."""
+        moments = self._moments if on_pass is None else _counted(self._moments, on_pass)
+        return _cat([pipeline.encode(self.config, moments, req.split(sl), self.tile_batch).cpu()
                      for sl in self.chunks(req.n)])
 
     @torch.no_grad()
-    def run_decode(self, req: DecodeRequest) -> torch.Tensor:
-        """A checked request -> images float [N, 3, h*f, w*f] in [-1, 1] on the CPU."""
-        return _cat([pipeline.decode(self.config, self.denoise, req.split(sl), sample=self._sample,
+    def run_decode(self, req: DecodeRequest, on_pass: PassHook | None = None) -> torch.Tensor:
+        """A checked request -> images float [N, 3, h*f, w*f] in [-1, 1] on the CPU. ``on_pass`` runs
+        after each denoiser call (:meth:`decode_passes` of them); whole-decode fast paths are then
+        skipped (they integrate the same plan, so the image is the same)."""
+        denoise, sample = self.denoise, self._sample
+        if on_pass is not None:
+            denoise, sample = _counted(self.denoise, on_pass), None
+        return _cat([pipeline.decode(self.config, denoise, req.split(sl), sample=sample,
                                      state_dtype=self.state_dtype, tile_batch=self.tile_batch,
                                      device=self.device).float().cpu()
                      for sl in self.chunks(req.n)])
+
+    def encode_passes(self, req: EncodeRequest) -> int:
+        """Encoder calls :meth:`run_encode` makes for ``req`` (tiles of every item, ``tile_batch`` per call)."""
+        return self._calls(req.n, pipeline.encode_tiles(self.config, *req.images.shape[-2:], req.tile))
+
+    def decode_passes(self, req: DecodeRequest) -> int:
+        """Denoiser calls :meth:`run_decode` makes for ``req``: tiles x steps (x2 for Heun's corrector)."""
+        size = pipeline.decode_buffer_size(self.config, *req.latents.shape[-2:])
+        return req.plan.evaluations * self._calls(req.n, pipeline.decode_tiles(self.config, *size, req.tile))
+
+    def _calls(self, n: int, tiles: tuple[int, int, int] | None) -> int:
+        """Network calls for ``n`` items: one per chunk in one piece, else their tiles ``tile_batch`` per call."""
+        chunks = self.chunks(n)
+        if tiles is None:
+            return len(chunks)
+        return sum(math.ceil((sl.stop - sl.start) * tiles[0] / self.tile_batch) for sl in chunks)
 
     @torch.no_grad()
     def moments(self, images: torch.Tensor, tile: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,10 +36,10 @@ from export.tensorrt_build import check_engine_compat, gpu_identity, import_tens
 from dgae import pipeline
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.errors import BackendError, InputError, TooLargeError
-from dgae.sampler import SamplePlan, pad_latents
+from dgae.sampler import SamplePlan
 from dgae.request import DecodeRequest, EncodeRequest
 
-from .base import Backend, BackendInfo
+from .base import Backend, BackendInfo, PassHook
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,9 @@ def runnable_tile_mode(profile: SizeProfile, op: str, size: tuple[int, int], til
 
 
 def decode_input_size(config: DGAEConfig, latent_hw: Sequence[int]) -> tuple[int, int]:
-    """(H, W) of the U-Net buffer a decode of latents ``latent_hw`` runs on: padded exactly as
-    :func:`dgae.sampler.prepare_decode_buffer` pads (computed on the meta device, no memory)."""
-    f = config.downsample_factor
-    z = pad_latents(torch.empty(1, config.latent_channels, *latent_hw, device="meta"), f, config.decoder_multiple)
-    return z.shape[-2] * f, z.shape[-1] * f
+    """(H, W) of the U-Net buffer a decode of latents ``latent_hw`` runs on (see
+    :func:`dgae.pipeline.decode_buffer_size`)."""
+    return pipeline.decode_buffer_size(config, *latent_hw)
 
 
 class _Engine:
@@ -270,22 +268,22 @@ class TensorRTBackend(Backend):
                             tile)
 
     # --- profile fit: before any engine runs, so a checked request never meets an engine error -----
-    def run_encode(self, req: EncodeRequest) -> torch.Tensor:
+    def run_encode(self, req: EncodeRequest, on_pass: PassHook | None = None) -> torch.Tensor:
         h, w = req.images.shape[-2:]
         grid = pipeline.encode_grid(self.config, h, w, req.tile)
         tile_shape = None if grid is None else (grid.tile_h * self.config.downsample_factor,
                                                 grid.tile_w * self.config.downsample_factor)
         tile = runnable_tile_mode(self.profiles[mf.ENCODER], ENCODE, (h, w), tile_shape, req.tile,
                                   self.config.tiling.encode_tile)
-        return super().run_encode(req.with_tile(tile))
+        return super().run_encode(req.with_tile(tile), on_pass)
 
-    def run_decode(self, req: DecodeRequest) -> torch.Tensor:
+    def run_decode(self, req: DecodeRequest, on_pass: PassHook | None = None) -> torch.Tensor:
         h, w = decode_input_size(self.config, req.latents.shape[-2:])
         grid = pipeline.decode_grid(self.config, h, w, req.tile)
         tile_shape = None if grid is None else (grid.tile_h, grid.tile_w)
         tile = runnable_tile_mode(self.profiles[mf.DENOISER], DECODE, (h, w), tile_shape, req.tile,
                                   self.config.tiling.decode_tile)
-        return super().run_decode(req.with_tile(tile))
+        return super().run_decode(req.with_tile(tile), on_pass)
 
     def warmup_side(self) -> int:
         """The smallest square every engine's profile accepts (a multiple of the model's size multiple)."""

@@ -20,7 +20,7 @@ import torch
 
 from .config import DGAEConfig
 from .request import DecodeRequest, EncodeRequest
-from .sampler import Denoiser, SamplePlan, per_sample_noise, prepare_decode_buffer, run_sampler
+from .sampler import Denoiser, SamplePlan, pad_latents, per_sample_noise, prepare_decode_buffer, run_sampler
 from .tiling import TiledDenoiser, TileGrid, tiled_moments
 
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -40,20 +40,54 @@ def from_public(config: DGAEConfig, latents: torch.Tensor) -> torch.Tensor:
 
 
 # --- encode --------------------------------------------------------------------------------------
-def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
-    """The latent-space tile grid for encoding an H x W image, or None when it fits one tile."""
+def _encode_plane(config: DGAEConfig, height: int, width: int, tile: str) -> tuple[int, int, int, int] | None:
+    """(h, w, tile, overlap) in latent units for tiling an H x W encode, or None for one piece."""
     f, t = config.downsample_factor, config.tiling
     if tile == "off" or max(height, width) <= t.encode_tile:
         return None
-    return TileGrid.build(height // f, width // f, t.encode_tile // f, t.encode_overlap // f)
+    return height // f, width // f, t.encode_tile // f, t.encode_overlap // f
+
+
+def encode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
+    """The latent-space tile grid for encoding an H x W image, or None when it fits one tile."""
+    plane = _encode_plane(config, height, width, tile)
+    return None if plane is None else TileGrid.build(*plane)
+
+
+def encode_tiles(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> tuple[int, int, int] | None:
+    """(tiles, tile_h, tile_w) in latent units of :func:`encode_grid`'s grid, counted without building
+    it (cheap for any size), or None when the image fits one tile."""
+    plane = _encode_plane(config, height, width, tile)
+    return None if plane is None else TileGrid.count(*plane)
+
+
+def decode_buffer_size(config: DGAEConfig, height: int, width: int) -> tuple[int, int]:
+    """(H, W) of the U-Net buffer a decode of latents ``height`` x ``width`` runs on: padded exactly as
+    :func:`dgae.sampler.prepare_decode_buffer` pads (on the meta device, no memory; a 1-row latent
+    becomes ``decoder_multiple`` pixel rows)."""
+    f = config.downsample_factor
+    z = pad_latents(torch.empty(1, config.latent_channels, height, width, device="meta"), f, config.decoder_multiple)
+    return z.shape[-2] * f, z.shape[-1] * f
+
+
+def _decode_plane(config: DGAEConfig, height: int, width: int, tile: str) -> tuple[int, int, int, int] | None:
+    t = config.tiling
+    if tile == "off" or max(height, width) <= t.decode_tile:
+        return None
+    return height, width, t.decode_tile, t.decode_overlap
 
 
 def decode_grid(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> TileGrid | None:
     """The tile grid for the U-Net buffer of an H x W (padded) decode, or None when it fits one tile."""
-    t = config.tiling
-    if tile == "off" or max(height, width) <= t.decode_tile:
-        return None
-    return TileGrid.build(height, width, t.decode_tile, t.decode_overlap)
+    plane = _decode_plane(config, height, width, tile)
+    return None if plane is None else TileGrid.build(*plane)
+
+
+def decode_tiles(config: DGAEConfig, height: int, width: int, tile: str = "auto") -> tuple[int, int, int] | None:
+    """(tiles, tile_h, tile_w) of :func:`decode_grid`'s grid for an H x W (padded) buffer, counted
+    without building it, or None when it fits one tile."""
+    plane = _decode_plane(config, height, width, tile)
+    return None if plane is None else TileGrid.count(*plane)
 
 
 def encode_moments(config: DGAEConfig, moments: Moments, images: torch.Tensor, tile: str = "auto",

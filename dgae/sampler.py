@@ -94,6 +94,13 @@ class SamplePlan:
     def steps(self) -> int:
         return len(self.ts) - 1
 
+    @property
+    def evaluations(self) -> int:
+        """Denoiser calls :func:`integrate` makes: one per step, two per Heun step that does not end
+        at t = 0."""
+        heun = self.solver == "heun"
+        return sum(2 if heun and self.ts[i + 1] > 0.0 else 1 for i in range(self.steps))
+
 
 Update = Callable[[torch.Tensor, float, bool, "torch.Tensor | None"], None]
 

@@ -84,6 +84,12 @@ class TileGrid:
         norm = torch.stack([total[y:y + th, x:x + tw] for y, x in boxes])
         return cls(height, width, th, tw, boxes, (raw / norm).float())
 
+    @staticmethod
+    def count(height: int, width: int, tile: int, overlap: int) -> tuple[int, int, int]:
+        """(tiles, tile_h, tile_w) of :meth:`build`'s grid, without building it (any size, no memory)."""
+        tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+        return tiles, min(height, tile), min(width, tile)
+
     @property
     def tiled(self) -> bool:
         return len(self.boxes) > 1

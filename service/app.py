@@ -24,6 +24,7 @@ from .core.disconnect import CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED, DISCONNE
 from .core.engine import Engine
 from .core.errors import ERROR_CODE_SCOPE_KEY, install_handlers
 from .core.settings import ServiceSettings
+from .jobs.routes import install as install_jobs
 from .native.info import build_router as info_router
 from .native.routes import build_router as native_router
 from .playground import install_playground
@@ -106,6 +107,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.add_middleware(MetricsMiddleware, state=state)
     app.include_router(native_router())
     app.include_router(remote_router())  # Remote VAE (diffusers remote_decode / remote_encode) under /remote
+    install_jobs(app, state)  # /v1/jobs: long work as jobs on the same workers (service.jobs)
     install_v2(app, state.spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
     install_playground(app)
 

@@ -40,8 +40,10 @@ SCRIPT_DIRS = ("scripts", "docker")  # folders of scripts, not packages
 # Inside a package: top to bottom, each row a set of sibling subpackages / modules.
 SUBLAYERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "service": (
-        ("app",),                                                         # composition: the app and its lifespan
-        ("native", "v2", "remote", "grpc_oip", "jobs", "playground"),     # protocol adapters and the page: siblings
+        ("app",),                                                  # composition: the app and its lifespan
+        ("jobs",),                                                 # the native protocol run as jobs (same bodies,
+                                                                   # parameters and answers as /encode, /decode)
+        ("native", "v2", "remote", "grpc_oip", "playground"),      # protocol adapters and the page: siblings
         ("core",),                                               # protocol-neutral core
     ),
 }

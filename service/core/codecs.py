@@ -13,6 +13,7 @@ import io
 import json
 import zipfile
 from pathlib import PurePath
+from typing import Callable
 
 import numpy as np
 import torch
@@ -108,13 +109,15 @@ def _nonempty(name: str, data: bytes) -> bytes:
     return data
 
 
-def image_pixels(files: list[tuple[str, bytes]], max_pixels: int) -> int:
+def image_pixels(files: list[tuple[str, bytes]], max_pixels: int,
+                 charge: Callable[[int, int], int] | None = None) -> int:
     """Total pixels of the uploaded images, from their headers alone (no pixel decoded); each image
-    is checked against ``max_pixels`` on the way."""
+    is checked against ``max_pixels`` on the way. ``charge(height, width)``: what an image costs
+    (default its pixels; the service charges them padded and tiled, see service.core.cost)."""
     total = 0
     for name, data in files:
         w, h = image_size(_nonempty(name, data), name=name, max_pixels=max_pixels)
-        total += w * h
+        total += charge(h, w) if charge else w * h
     return total
 
 
@@ -176,11 +179,12 @@ def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
     return check_latent_tensor(torch.from_numpy(values), "latents"), meta if isinstance(meta, dict) else {}
 
 
-def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None]) -> int:
-    """Pixels a decode holds: each item's decoder output (h*f x w*f), or its recorded original size
-    when that is larger (a ``resize`` fit is undone at full size)."""
+def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None], processed: int | None = None) -> int:
+    """Pixels a decode holds: each item's decoder output (h*f x w*f; ``processed``: the pixels the
+    denoiser runs on, padded and tiled, when given), or its recorded original size when that is
+    larger (a ``resize`` fit is undone at full size)."""
     _, _, h, w = latents.shape
-    out = h * f * w * f
+    out = processed if processed is not None else h * f * w * f
     return sum(max(out, info.orig_height * info.orig_width if info else 0) for info in infos)
 
 

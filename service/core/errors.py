@@ -79,6 +79,32 @@ class DeadlineExceeded(ServiceError):
     status, code = 504, "deadline_exceeded"
 
 
+class OverDeadline(ServiceError):
+    """Refused up front: the cost model's estimate is over the request's deadline."""
+    status, code = 413, "over_deadline"
+
+
+class Busy(ServiceError):
+    """Refused up front: the request fits its deadline alone, not behind the job on its worker."""
+    status, code = 503, "busy"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class TooManyJobs(ServiceError):
+    status, code = 429, "too_many_jobs"
+
+
+class StorageFull(ServiceError):
+    status, code = 507, "storage_full"
+
+
+class JobNotDone(ServiceError):
+    status, code = 409, "job_not_done"
+
+
 def retry_after(seconds: int) -> dict[str, str]:
     return {"Retry-After": str(seconds)}
 
@@ -200,9 +226,12 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
 def openapi_errors(*statuses: int) -> dict[int, dict]:
     """``responses=`` entries documenting the JSON error body for the given statuses."""
     text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
-            413: "body, pixels (per image or per request) or item count over the limit",
+            413: "body, pixels (per image or per request, padded and tiled) or item count over the limit, or "
+                 "the estimated time over the request's deadline (over_deadline: use /v1/jobs)",
             415: "unsupported Content-Type", 422: "parameter out of range",
             500: "backend failure (only this batch's requests)",
             503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
-            504: "request deadline exceeded"}
+            504: "request deadline exceeded", 404: "no such job (unknown, expired or another key's)",
+            409: "the job has not finished", 410: "the job was cancelled",
+            429: "too many jobs queued or running for this API key", 507: "job results fill their disk quota"}
     return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

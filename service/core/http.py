@@ -9,8 +9,8 @@ import time
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .engine import Engine
-from .errors import Unauthorized
+from .engine import TIMEOUT_HEADER, Engine
+from .errors import ParameterError, Unauthorized
 from .params import unknown_parameters
 
 H_TIMING = "Server-Timing"  # "<op>;dur=<ms>": this request's wait in the batch queue + the model's batch
@@ -47,6 +47,21 @@ def check_query(request: Request) -> None:
     route = request.scope.get("route")
     known = {p.alias or p.name for p in route.dependant.query_params} if route is not None else set()
     unknown_parameters(request.query_params.keys(), known)
+
+
+def asked_timeout(request: Request) -> float | None:
+    """The deadline a client asks for in seconds (``X-DGAE-Timeout-S``), None when it asks none;
+    :meth:`Engine.timeout` caps it."""
+    text = request.headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ParameterError(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {text[:40]!r}")
+    return value
 
 
 def timing(op: str, started: float) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Start-up and shut-down of an :class:`~service.core.engine.Engine`, apart from the request path.
 
 Start-up returns at once and loads in the background (so liveness answers while a large model
-loads): create the backend in a worker thread, warm it up with one tiny encode + decode, start one
-batcher per operation, then report ready.
+loads): create the backend in a worker thread, warm it up with one tiny encode + decode, time one
+decode tile and one encode tile for the cost model (:mod:`service.core.cost`), start one batcher
+per operation, then report ready. Adapters' ``engine.on_start`` hooks run at start,
+``engine.on_stop`` hooks drain beside the batchers at shut-down.
 
 Shut-down runs under one deadline (``shutdown_timeout_s``): the batchers drain concurrently, then
 the worker threads are joined off the event loop; the backend is closed only once no worker is
@@ -43,6 +45,8 @@ def start(engine: Engine) -> None:
                                              max_batch_size=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000,
                                              queue_size=s.queue_size, retry_after_s=s.retry_after_s)
     engine.load_task = asyncio.get_running_loop().create_task(_load(engine), name="dgae-load")
+    for hook in engine.on_start:
+        hook()
 
 
 async def stop(engine: Engine) -> None:
@@ -53,7 +57,8 @@ async def stop(engine: Engine) -> None:
     deadline = loop.time() + engine.settings.shutdown_timeout_s
     if engine.load_task and not engine.load_task.done():
         engine.load_task.cancel()
-    await asyncio.gather(*(b.close(deadline - loop.time()) for b in engine.batchers.values()))
+    await asyncio.gather(*(b.close(deadline - loop.time()) for b in engine.batchers.values()),
+                         *(hook(deadline - loop.time()) for hook in engine.on_stop))
     idle = await _join_workers(engine, deadline - loop.time())
     if engine.backend and idle:
         engine.backend.close()
@@ -83,18 +88,30 @@ async def _load(engine: Engine) -> None:
         if engine.settings.warmup:
             latents = await loop.run_in_executor(engine.executors[ENCODE], _warmup_encode, engine.backend)
             await loop.run_in_executor(engine.executors[DECODE], _warmup_decode, engine.backend, latents)
+        info = engine.backend.info()
+        engine.cost.bind(info.name, info.device)
+        if engine.settings.warmup and engine.settings.calibrate:
+            await loop.run_in_executor(engine.executors[DECODE], _calibrate, engine)
     except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log, process stays up
         engine.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load: %s", engine.load_error, exc_info=exc)
         return
     for batcher in engine.batchers.values():
         batcher.start()
-    info = engine.backend.info()
     engine.metrics.model_info.labels(engine.spec.preset, info.name, info.device, info.precision,
                                      engine.backend.checkpoint_sha256).set(1)
     engine.ready = True
     engine.metrics.ready.set(1)
     log.info("ready: %s on %s (%s), backend %s", engine.spec.preset, info.device, info.precision, info.name)
+
+
+def _calibrate(engine: Engine) -> None:
+    """The cost model's first rates; a runtime that cannot run a whole tile (a narrow TensorRT
+    profile) leaves them to be learned from the first finished work."""
+    try:
+        engine.cost.calibrate(engine.backend)
+    except Exception as exc:  # noqa: BLE001 - the service runs without a start-up rate
+        log.warning("cost model not calibrated (%s: %s); learning it from finished work", type(exc).__name__, exc)
 
 
 def _create_backend(engine: Engine) -> Backend:

@@ -44,6 +44,18 @@ class ServiceMetrics:
         self.images_decoded = Counter("dgae_images_decoded", "Images decoded", registry=r)
         self.decode_steps = Histogram("dgae_decode_steps", "Sampler steps per decoded image",
                                       buckets=STEP_BUCKETS, registry=r)
+        self.cost_rate = Gauge("dgae_cost_seconds_per_unit", "The cost model's rate: seconds per megapixel-step "
+                               "(decode) or megapixel (encode), measured at start-up, then an EWMA of finished work",
+                               ["operation", "unit", "backend", "device"], registry=r)
+        self.over_deadline = Counter("dgae_over_deadline_rejections", "Requests refused up front: estimated time "
+                                     "over their deadline", ["operation"], registry=r)
+        self.jobs = Gauge("dgae_jobs", "Jobs kept, by state", ["state"], registry=r)
+        self.job_passes = Counter("dgae_job_passes", "Network passes computed for jobs (denoiser calls of a "
+                                  "decode: tiles x steps; encoder calls of an encode)", ["operation"], registry=r)
+        self.job_queue_seconds = Histogram("dgae_job_queue_duration_seconds", "Time a job waited before it ran",
+                                           ["operation"], buckets=LATENCY_BUCKETS + (300.0, 600.0, 1800.0),
+                                           registry=r)
+        self.job_result_bytes = Gauge("dgae_job_result_bytes", "Bytes of job results on disk", registry=r)
         self.ready = Gauge("dgae_ready", "1 once the model is loaded and warmed up", registry=r)
         self.model_info = Gauge("dgae_model_info", "Loaded model (value 1)",
                                 ["preset", "backend", "device", "precision", "checkpoint_sha256"], registry=r)

@@ -55,9 +55,21 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="items per backend call")
     max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill up")
     queue_size: int = Field(64, ge=1, description="requests waiting per operation before 503")
-    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after)")
+    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after); work estimated "
+                                                               "to take longer is refused up front (413)")
+    max_request_timeout_s: float = Field(600.0, gt=0, description="the longest deadline a client may ask for "
+                                                                  "with the X-DGAE-Timeout-S header")
+    calibrate: bool = Field(True, description="time one decode tile and one encode tile after the warm-up "
+                                              "(the cost model's first rates; then learned from finished work)")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503")
     shutdown_timeout_s: int = Field(60, ge=1, description="SIGTERM: how long in-flight requests may finish")
+
+    # --- jobs (long work: /v1/jobs) ------------------------------------------------------------
+    jobs_dir: str | None = Field(None, description="where job states and results are kept (default: "
+                                                   "<cache dir>/jobs, see DGAE_CACHE_DIR)")
+    jobs_ttl_s: float = Field(24 * 3600.0, gt=0, description="a finished job and its result are kept this long")
+    jobs_max_per_key: int = Field(8, ge=1, description="queued or running jobs per API key (429 beyond)")
+    jobs_max_result_bytes: int = Field(2048 * MIB, ge=1, description="result bytes on disk, all jobs (507 beyond)")
 
     # --- input limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * MIB, ge=1, description="request body limit (413)")

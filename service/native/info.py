@@ -45,6 +45,7 @@ class ModelInfo(BaseModel):
     limits: dict[str, int | float]
     tiling: dict[str, int]  # tile and overlap sizes in pixels (requests choose tile=auto|off)
     formats: dict[str, list[str]]
+    cost: dict  # the cost model: seconds per megapixel-step (decode) / megapixel (encode) on this runtime
 
 
 def backend_reason(backend: Backend, requested: str) -> str:
@@ -79,7 +80,8 @@ async def model(request: Request) -> ModelInfo:
     svc.require_ready()
     spec, info, s = svc.spec, svc.backend.info(), svc.settings
     limits = {"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "queue_size": s.queue_size,
-              "request_timeout_s": s.request_timeout_s, "max_body_bytes": s.max_body_bytes,
+              "request_timeout_s": s.request_timeout_s, "max_request_timeout_s": s.max_request_timeout_s,
+              "max_body_bytes": s.max_body_bytes,
               "max_pixels": s.max_pixels, "max_request_pixels": s.max_request_pixels,
               "inflight_pixels": s.inflight_pixels, "max_items": s.max_items,
               "max_json_values": s.max_json_values}
@@ -88,7 +90,7 @@ async def model(request: Request) -> ModelInfo:
                      precision=info.precision, providers=list(info.providers),
                      steps=StepsRange(min=1, max=spec.max_steps, default=spec.default_steps), limits=limits,
                      backend_reason=backend_reason(svc.backend, s.backend),
-                     tiling=dataclasses.asdict(svc.config.tiling),
+                     tiling=dataclasses.asdict(svc.config.tiling), cost=svc.cost.as_dict(),
                      formats={"encode": ["safetensors", "npy", "json"],
                               "decode": [*codecs.IMAGE_FORMATS, "safetensors", "npy"]})
 

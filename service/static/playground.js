@@ -1,4 +1,5 @@
-// DGAE playground: one page that calls this server's own /v1/model, /encode and /decode.
+// DGAE playground: one page that calls this server's own /v1/model, /encode and /decode (large
+// decodes through /v1/jobs/decode, with a progress bar).
 // Plain ES module, no framework, no build step, no third-party code; works offline.
 //
 // PSNR (shown on the page and recomputed the same way by tests/test_playground_browser.py):
@@ -27,6 +28,14 @@ const F16 = { EXP_BITS: 0x1f, EXP_SHIFT: 10, FRAC_MASK: 0x3ff, BIAS: 15, FRAC_SC
 // inferno colour map anchors (matplotlib), interpolated to 256 entries
 const INFERNO = [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
   [250, 193, 39], [252, 255, 164]];
+// Large decodes go through the jobs route (POST /v1/jobs/decode, polled) and show a progress bar:
+// images of JOB_MIN_PIXELS or more, and those the server's cost model (/v1/model "cost") estimates
+// at JOB_MIN_SECONDS or more.
+const JOB_MIN_SECONDS = 10;
+const JOB_MIN_PIXELS = 512 * 512;
+const JOB_POLL_MS = 500;
+const MS_PER_S = 1000;
+const PIXELS_PER_MEGAPIXEL = 1e6;
 const BITMAP_OPTIONS = { colorSpaceConversion: "none", premultiplyAlpha: "none", imageOrientation: "from-image" };
 
 const $ = (id) => document.getElementById(id);
@@ -447,6 +456,8 @@ function clearCanvas(id) {
 }
 
 function clearResults() {
+  $("job").hidden = true;
+  delete document.body.dataset.jobState;
   for (const id of ["reconstruction", "heatmap"]) clearCanvas(id);
   for (const id of ["psnr", "latent-size", "ratio", "decode-ms", "seed-used"]) $(id).textContent = "–";
   $("heat-scale").textContent = "";
@@ -485,15 +496,68 @@ async function encode() {
   return { bytes, type, name: `${stem(name)}.safetensors`, parsed: parseLatents(bytes, type), ms: serverMs(res, "encode") };
 }
 
+function decodeSeconds(latents, nSteps) {
+  // The cost model's estimate (seconds per megapixel-step x output megapixels x steps), or null.
+  const p = latents.parsed;
+  const rate = state.model && state.model.cost && state.model.cost.seconds_per.decode.seconds;
+  if (!p || !rate) return null;
+  const [h, w] = p.shape.slice(-2);
+  const f = state.model.downsample_factor;
+  return rate * (h * f * w * f / PIXELS_PER_MEGAPIXEL) * nSteps;
+}
+
+function useJob(latents, nSteps) {
+  const p = latents.parsed;
+  if (!p || !state.model) return false;
+  const f = state.model.downsample_factor;
+  const [h, w] = p.shape.slice(-2);
+  const seconds = decodeSeconds(latents, nSteps);
+  return h * f * w * f >= JOB_MIN_PIXELS || (seconds !== null && seconds >= JOB_MIN_SECONDS);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function showJob(job) {
+  const { done, total } = job.progress;
+  $("job").hidden = false;
+  $("job-progress").max = Math.max(1, total);
+  $("job-progress").value = done;
+  const left = job.seconds_left === null || job.state !== "running" ? "" : ` · about ${Math.ceil(job.seconds_left)} s left`;
+  $("job-text").textContent = `Decoding as a job (${job.state}): ${done} of ${total} network passes${left}`;
+  document.body.dataset.jobState = job.state;
+}
+
+async function decodeAsJob(q, latents) {
+  // POST /v1/jobs/decode, poll GET /v1/jobs/{id} (the API key travels in a header, which EventSource
+  // cannot send), then fetch the result: the same bytes and headers /decode would have answered.
+  const res = await api(`/v1/jobs/decode?${q}`, { method: "POST", body: latents.bytes, headers: { "Content-Type": latents.type } });
+  let job = await res.json();
+  showJob(job);
+  while (job.state === "queued" || job.state === "running") {
+    await sleep(JOB_POLL_MS);
+    job = await (await api(`/v1/jobs/${job.id}`)).json();
+    showJob(job);
+  }
+  if (job.state !== "done") throw new ServiceError(job.error.status, job.error.code, job.error.message);
+  const out = await api(`/v1/jobs/${job.id}/result`);
+  return { res: out, ms: (job.finished_at - job.created_at) * MS_PER_S };
+}
+
 async function decodeOnce(latents, seed, nSteps) {
   const q = new URLSearchParams({ steps: String(nSteps) });
   if (seed !== null) q.set("seed", String(seed));
   addTile(q, "/decode");
   const started = performance.now();
-  const res = await api(`/decode?${q}`, { method: "POST", body: latents.bytes, headers: { "Content-Type": latents.type } });
+  let res, ms;
+  if (useJob(latents, nSteps)) {
+    ({ res, ms } = await decodeAsJob(q, latents));
+  } else {
+    res = await api(`/decode?${q}`, { method: "POST", body: latents.bytes, headers: { "Content-Type": latents.type } });
+    ms = serverMs(res, "decode");
+  }
   const blob = new Blob([await res.arrayBuffer()], { type: res.headers.get("Content-Type") || "image/png" });
   return { blob, seed: res.headers.get("X-DGAE-Seeds"), steps: res.headers.get("X-DGAE-Steps"),
-    ms: serverMs(res, "decode"), roundTripMs: performance.now() - started };
+    ms, roundTripMs: performance.now() - started };
 }
 
 function showLatentStats(latents) {
