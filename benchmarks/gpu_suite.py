@@ -262,7 +262,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
         if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
             best[key] = r
     out = []
-    for (preset, variant, steps), r in sorted(best.items()):
+    for (preset, _variant, steps), r in sorted(best.items()):
         base = best.get((preset, BASELINE_VARIANT, steps))
         out.append({**r, "ratio_vs_eager": r["images_per_s"] / base["images_per_s"] if base else None})
     return out
@@ -293,12 +293,18 @@ def merge(parts: Path, dry_run: bool) -> dict:
         anchor_fractions(anchors, measured)
     steps = load(STEPS_PART) or {}
     return {
-        "benchmark": "gpu-suite", "dry_run": dry_run, "machine": describe_machine(),
-        "steps": steps, "failed": [k for k, v in steps.items() if v.get("exit") != 0],
+        "benchmark": "gpu-suite",
+        "dry_run": dry_run,
+        "machine": describe_machine(),
+        "steps": steps,
+        "failed": [k for k, v in steps.items() if v.get("exit") != 0],
         "peak": peak,
-        "decode": {"rows": rows, "best": best_rows(rows),
-                   "variants": {f"{d['preset']}/{n}": v for d in decode for n, v in d["variants"].items()},
-                   "parts": [{k: d[k] for k in ("preset", "grid", "budget_s", "checkpoint", "dry_run")} for d in decode]},
+        "decode": {
+            "rows": rows,
+            "best": best_rows(rows),
+            "variants": {f"{d['preset']}/{n}": v for d in decode for n, v in d["variants"].items()},
+            "parts": [{k: d[k] for k in ("preset", "grid", "budget_s", "checkpoint", "dry_run")} for d in decode],
+        },
         "kernels": load(KERNELS_PART),
         "anchors": anchors,
     }
@@ -315,9 +321,12 @@ def decode_table(rows: list[dict]) -> str:
 
 def summary_text(report: dict) -> str:
     peak = report.get("peak") or {}
-    lines = [f"measured bf16 matmul peak: {fmt(peak.get('measured_tflops'), '.1f')} TFLOP/s "
-             f"(datasheet {fmt(peak.get('datasheet_tflops'), '.1f')}) on {peak.get('gpu') or report['machine']['summary']}",
-             "best decode per preset, variant and steps:", decode_table(report["decode"]["best"])]
+    lines = [
+        f"measured bf16 matmul peak: {fmt(peak.get('measured_tflops'), '.1f')} TFLOP/s "
+        f"(datasheet {fmt(peak.get('datasheet_tflops'), '.1f')}) on {peak.get('gpu') or report['machine']['summary']}",
+        "best decode per preset, variant and steps:",
+        decode_table(report["decode"]["best"]),
+    ]
     for name, v in report["decode"]["variants"].items():
         if "skipped" in v:
             lines.append(f"skipped {name}: {v['skipped']}{'; ' + v['check'] if 'check' in v else ''}")

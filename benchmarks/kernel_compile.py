@@ -83,7 +83,9 @@ def config_of(launch, result) -> dict:
     specialised the runtime arguments (integers fixed at 1; integers/pointers not 16-divisible)."""
     specialized = sorted(result.specialized or {})
     aligned = set(result.aligned or [])
-    unaligned = sorted(n for n, t in (result.signature or {}).items() if n not in aligned and not t.startswith(("fp", "bf")))
+    unaligned = sorted(
+        n for n, t in (result.signature or {}).items() if n not in aligned and not t.startswith(("fp", "bf"))
+    )
     return {**launch.constexprs, **launch.options, **({"args_equal_1": specialized} if specialized else {}),
             **({"not_16_divisible": unaligned} if unaligned else {})}
 
@@ -153,14 +155,27 @@ def markdown_table(records: list[dict]) -> str:
     rows: dict[tuple, dict] = {}
     for r in records:
         rows.setdefault((r["kernel"], r["dtype"], _short(r["config"]), len(r["used_by"])), {})[r["arch"]] = r
-    headers = ["kernel", "dtype", "config", "decodes", *(f"{a} {c}" for a in archs for c in ("regs", "spills", "smem B"))]
+    headers = [
+        "kernel",
+        "dtype",
+        "config",
+        "decodes",
+        *(f"{a} {c}" for a in archs for c in ("regs", "spills", "smem B")),
+    ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for (kernel, dtype, config, used), by_arch in rows.items():
         cells = []
         for a in archs:
             r = by_arch.get(a)
-            cells += ["-"] * 3 if r is None else [fmt(r["num_regs"], "d"), fmt(r["spills"], "d") + ("" if r["ok"] else " FAIL"),
-                                                  fmt(r["shared_bytes"], "d")]
+            cells += (
+                ["-"] * 3
+                if r is None
+                else [
+                    fmt(r["num_regs"], "d"),
+                    fmt(r["spills"], "d") + ("" if r["ok"] else " FAIL"),
+                    fmt(r["shared_bytes"], "d"),
+                ]
+            )
         lines.append("| " + " | ".join([kernel, dtype, f"`{config}`", str(used), *cells]) + " |")
     return "\n".join(lines)
 

@@ -22,16 +22,17 @@ from tqdm import tqdm
 from backends.base import Backend
 from dgae.checkpoint import read_config
 from dgae.config import DGAEConfig
-from formats.shards import (FORMAT_VERSION, stored_fields)
+from formats.shards import FORMAT_VERSION, stored_fields
 from dgae.errors import InputError
 
+from .encode_context import (  # noqa: F401 - the options and defaults callers import from here
+    DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WORKERS, ENGINES, PLAN_POLL_S,
+    PREFETCH_BATCHES, EncodeContext, EncodeOptions, apply_threads, distributed_rank, make_context, rank_device)
 from .preprocess import Prepared, Preprocess, prepare_item
 from .shards import PLAN_FILE, ShardedOutput, plan_shards, rank_tasks
 from .sources import Item, items_digest, list_source
 
 log = logging.getLogger(__name__)
-
-from .encode_context import (ENGINES, DEFAULT_SHARD_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, PREFETCH_BATCHES, DEFAULT_WAIT_TIMEOUT_S, PLAN_POLL_S, EncodeOptions, distributed_rank, rank_device, EncodeContext, apply_threads, make_context)  # noqa: F401 - re-exported
 
 
 class PreparedItems(torch.utils.data.Dataset):
@@ -66,12 +67,24 @@ def prepared_stream(items: list[Item], preprocess: Preprocess, f: int, workers: 
 # --- the run -------------------------------------------------------------------------------------
 def plan_header(opts: EncodeOptions, items: list[Item], config: DGAEConfig, sha: str) -> dict[str, Any]:
     """What pins a run's bytes: a resumed run must match it exactly."""
-    return {"kind": "latents", "format_version": FORMAT_VERSION, "inputs": len(items), "inputs_sha256": items_digest(items),
-            "checkpoint_sha256": sha, "model": config.name, **opts.runtime_record(),
-            "preprocessing": opts.preprocess.to_dict(), "store": opts.store,
-            "seed": opts.seed if opts.store == "sample" else None, "dtype": opts.dtype,
-            "shard_format": opts.shard_format, "shard_size": opts.shard_size, "batch_size": opts.batch_size,
-            "tile": opts.tile, "manifest_format": opts.manifest_format}
+    return {
+        "kind": "latents",
+        "format_version": FORMAT_VERSION,
+        "inputs": len(items),
+        "inputs_sha256": items_digest(items),
+        "checkpoint_sha256": sha,
+        "model": config.name,
+        **opts.runtime_record(),
+        "preprocessing": opts.preprocess.to_dict(),
+        "store": opts.store,
+        "seed": opts.seed if opts.store == "sample" else None,
+        "dtype": opts.dtype,
+        "shard_format": opts.shard_format,
+        "shard_size": opts.shard_size,
+        "batch_size": opts.batch_size,
+        "tile": opts.tile,
+        "manifest_format": opts.manifest_format,
+    }
 
 
 def dataset_header(opts: EncodeOptions, config: DGAEConfig, sha: str, src: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ read -> map_batches -> write: the pending shards become a Ray Dataset (one row p
 items as JSON); ``map_batches`` runs them on an actor pool (``ray_actors`` actors, each holding one
 backend, with ``ray_cpus_per_actor`` / ``ray_gpus_per_actor``: one actor per GPU or per CPU slot);
 each actor reads, decodes and preprocesses its shard's images, encodes them with the code the local
-engine runs (:meth:`bulk.encode.EncodeContext.encode_shard`, so the bytes are identical) and
+engine runs (:meth:`bulk.encode_context.EncodeContext.encode_shard`, so the bytes are identical) and
 writes the shard into OUT with the same atomic commit (OUT must be on a filesystem every node
 sees). The driver only tracks progress; rank-0 finalization is the local engine's.
 """

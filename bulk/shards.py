@@ -134,7 +134,9 @@ class ShardedOutput:
             except (OSError, json.JSONDecodeError) as exc:
                 raise InputError(f"{plan_path}: unreadable ({exc}); use --overwrite") from exc
             if old != json.loads(dumps(self.plan)):
-                changed = sorted(k for k in set(old) | set(self.plan) if old.get(k) != json.loads(dumps(self.plan)).get(k))
+                changed = sorted(
+                    k for k in set(old) | set(self.plan) if old.get(k) != json.loads(dumps(self.plan)).get(k)
+                )
                 raise InputError(f"{self.root} holds a run with other inputs or options (differs in: "
                                  f"{', '.join(changed)}); use another output folder or --overwrite")
             return

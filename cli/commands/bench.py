@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--presets", default=None, help="comma-separated presets (default f8c4-B,f16c16-B,small-f8c4)")
     p.add_argument("--sizes", type=int_list, default=None, help="image sides (default 256,1024)")
     p.add_argument("--steps", type=int_list, default=None, help="decode steps (default 1,2,4)")
-    p.add_argument("--batch", type=int, default=None, help="batch of every row (default: 2 megapixels, 32 at 256, 2 at 1024)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="batch of every row (default: 2 megapixels, 32 at 256, 2 at 1024)"
+    )
 
     p = sub.add_parser("plots", help="re-draw the PNG plots from the results JSON in a folder")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")

@@ -146,10 +146,15 @@ def wait_ready(urls: list[str], timeout_s: float) -> dict:
                 except httpx.HTTPError as exc:
                     last[url] = type(exc).__name__
             if pending and time.monotonic() > deadline:
-                raise CheckFailed(f"not ready after {timeout_s:.0f} s: " + ", ".join(f"{u} ({last.get(u)})" for u in pending))
+                raise CheckFailed(
+                    f"not ready after {timeout_s:.0f} s: " + ", ".join(f"{u} ({last.get(u)})" for u in pending)
+                )
             if pending:
                 time.sleep(POLL_S)
-    return {"ready_after_s": ready_at, "summary": "ready: " + ", ".join(f"{u} after {s} s" for u, s in ready_at.items())}
+    return {
+        "ready_after_s": ready_at,
+        "summary": "ready: " + ", ".join(f"{u} after {s} s" for u, s in ready_at.items()),
+    }
 
 
 # ---- compare ------------------------------------------------------------------------------------
@@ -201,16 +206,26 @@ def compare(balancer: str, local: str, photo_path: Path, seed: int, out: Path) -
         raise CheckFailed(f"decoded image is {a.shape[1]}x{a.shape[0]}, the photo {photo.width}x{photo.height}")
     level_diff = max_level_diff(a, b)
     result = {
-        "photo": str(photo_path), "size": [photo.width, photo.height], "seed": seed,
-        "latent_shape": list(za.shape), "latent_max_abs_diff": latent_diff,
-        "latent_bound": latent_bound, "image_max_level_diff": level_diff,
-        "image_values_differing": int((a != b).sum()), "image_values": int(a.size),
-        "headers": lb_headers, "runtimes": runtimes, "balancer_s": round(lb_s, 2), "local_s": round(local_s, 2),
-        "summary": (f"{photo_path.name} {photo.width}x{photo.height}, seed {seed}, {lb_headers['x-dgae-steps']} steps: "
-                    f"latents max |diff| {latent_diff:.3g} (<= {latent_bound:.3g}), decoded image max diff "
-                    f"{level_diff} 8-bit level(s) (<= {IMAGE_TOLERANCE_LEVELS}; {int((a != b).sum())} of {a.size} values "
-                    f"differ); balancer {lb_s:.1f} s, local {local_s:.1f} s; both served by "
-                    f"{runtimes['balancer']['backend']} ({runtimes['balancer']['reason']})"),
+        "photo": str(photo_path),
+        "size": [photo.width, photo.height],
+        "seed": seed,
+        "latent_shape": list(za.shape),
+        "latent_max_abs_diff": latent_diff,
+        "latent_bound": latent_bound,
+        "image_max_level_diff": level_diff,
+        "image_values_differing": int((a != b).sum()),
+        "image_values": int(a.size),
+        "headers": lb_headers,
+        "runtimes": runtimes,
+        "balancer_s": round(lb_s, 2),
+        "local_s": round(local_s, 2),
+        "summary": (
+            f"{photo_path.name} {photo.width}x{photo.height}, seed {seed}, {lb_headers['x-dgae-steps']} steps: "
+            f"latents max |diff| {latent_diff:.3g} (<= {latent_bound:.3g}), decoded image max diff "
+            f"{level_diff} 8-bit level(s) (<= {IMAGE_TOLERANCE_LEVELS}; {int((a != b).sum())} of {a.size} values "
+            f"differ); balancer {lb_s:.1f} s, local {local_s:.1f} s; both served by "
+            f"{runtimes['balancer']['backend']} ({runtimes['balancer']['reason']})"
+        ),
     }
     if latent_diff > latent_bound:
         raise CheckFailed(result["summary"] + ": latents differ")
@@ -480,7 +495,9 @@ def fingerprints(bundle_text: str, stock: set[str]) -> list[bytes]:
 def audit_tar(stream, bundle: Path, forbid: list[str], stock_dir: Path) -> dict:
     bundle_bytes = bundle.read_bytes() if bundle.is_file() else b""
     bundle_sha = hashlib.sha256(bundle_bytes).hexdigest() if bundle_bytes else ""
-    patterns = fingerprints(bundle_bytes.decode(errors="replace"), stock_certificates(stock_dir)) if bundle_bytes else []
+    patterns = (
+        fingerprints(bundle_bytes.decode(errors="replace"), stock_certificates(stock_dir)) if bundle_bytes else []
+    )
     overlap = max((len(p) for p in patterns), default=1) - 1
     forbid = [p.strip("/") for p in forbid]
     violations, files, scanned = [], 0, 0

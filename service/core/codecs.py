@@ -166,7 +166,9 @@ def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
     except (ValueError, RecursionError) as exc:
         raise InputError(f"latents: not a rectangular nested list ({str(exc)[:200]})") from None
     if arr.size > max_values:
-        raise TooLargeError(f"latents: {arr.size} JSON values exceed the limit of {max_values}; send safetensors or npy")
+        raise TooLargeError(
+            f"latents: {arr.size} JSON values exceed the limit of {max_values}; send safetensors or npy"
+        )
     if arr.ndim not in (3, 4) or not all(type(v) in (int, float) for v in arr.ravel()):
         raise InputError("latents must be a rectangular nested list of numbers with rank 3 (c, h, w) "
                          f"or 4 (N, c, h, w); got rank {arr.ndim}"

@@ -116,10 +116,12 @@ class Engine:
                        headers=retry_after(max(s.retry_after_s, math.ceil(ahead))))
         longer = (f"ask for a deadline of up to {s.max_request_timeout_s:g} s with the {TIMEOUT_HEADER} header, or "
                   if own <= s.max_request_timeout_s and timeout_s < s.max_request_timeout_s else "")
-        raise OverDeadline(f"this {operation} is estimated at {est.describe()} on {self.cost.backend or 'this backend'}"
-                           f"/{self.cost.device or 'device'}, over this request's deadline of {timeout_s:g} s "
-                           f"(estimates count x{ESTIMATE_MARGIN:g}); {longer}submit it as a job: POST "
-                           f"{JOBS_ROUTE}/{operation} with the same body and parameters, then poll GET {JOBS_ROUTE}/{{id}}")
+        raise OverDeadline(
+            f"this {operation} is estimated at {est.describe()} on {self.cost.backend or 'this backend'}"
+            f"/{self.cost.device or 'device'}, over this request's deadline of {timeout_s:g} s "
+            f"(estimates count x{ESTIMATE_MARGIN:g}); {longer}submit it as a job: POST "
+            f"{JOBS_ROUTE}/{operation} with the same body and parameters, then poll GET {JOBS_ROUTE}/{{id}}"
+        )
 
     async def encode(self, req: EncodeRequest, timeout_s: float | None = None) -> torch.Tensor:
         """A checked request -> latents [N, c, H/f, W/f] (tiled when larger than a tile)."""

@@ -100,9 +100,18 @@ def build_router() -> APIRouter:
     router.add_api_route("/healthz", healthz, response_model=Health, summary="Liveness")
     router.add_api_route("/readyz", readyz, response_model=Readiness, summary="Readiness (model loaded and warmed up)",
                          responses={503: {"model": Readiness, "description": "loading or failed"}})
-    router.add_api_route("/metrics", metrics, summary="Prometheus metrics", response_class=Response,
-                         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-                                          "description": "Prometheus text format"}})
+    router.add_api_route(
+        "/metrics",
+        metrics,
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                "description": "Prometheus text format",
+            }
+        },
+    )
     router.add_api_route("/v1/model", model, response_model=ModelInfo, summary="Loaded model, backend and limits",
                          dependencies=[Depends(require_api_key)], responses=openapi_errors(401, 503))
     return router

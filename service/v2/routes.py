@@ -195,8 +195,10 @@ def build_router() -> APIRouter:
     router.add_api_route("/health/live", live, response_model=Live, summary="Liveness")
     router.add_api_route("/health/ready", ready, response_model=Ready, summary="Readiness (model loaded and warmed up)",
                          responses={503: {"model": Ready, "description": "loading or failed"}})
-    for path, what, handlers in ((MODEL, "", (model_metadata, model_ready, infer)),
-                                 (VERSION, " (one version)", (model_version_metadata, model_version_ready, infer_version))):
+    for path, what, handlers in (
+        (MODEL, "", (model_metadata, model_ready, infer)),
+        (VERSION, " (one version)", (model_version_metadata, model_version_ready, infer_version)),
+    ):
         router.add_api_route(path, handlers[0], response_model=ModelMetadata, dependencies=auth,
                              responses=meta_errors, summary="Model metadata" + what)
         router.add_api_route(path + "/ready", handlers[1], response_model=ModelReady, responses=ready_doc,
