@@ -5,13 +5,14 @@ nothing of the project, torch included; see ``dgae_client.client`` for the API a
 """
 from ._latents import Latents
 from .client import AsyncClient, Client, RetryPolicy
+from .jobs import Job
 from ._wire import error_from_response
 from .errors import (ArgumentError, BadRequest, ClientError, ConnectionFailed, DeadlineExceeded, InvalidParameter,
                      NotFound, PayloadTooLarge, RequestTimeout, ResponseError, ServerError, ServiceError,
                      ServiceUnavailable, Unauthorized, UnsupportedMediaType)
 
 __version__ = "0.1.0"
-__all__ = ["AsyncClient", "Client", "Latents", "RetryPolicy", "error_from_response", "ArgumentError", "BadRequest",
-           "ClientError", "ConnectionFailed", "DeadlineExceeded", "InvalidParameter", "NotFound", "PayloadTooLarge",
-           "RequestTimeout", "ResponseError", "ServerError", "ServiceError", "ServiceUnavailable", "Unauthorized",
-           "UnsupportedMediaType"]
+__all__ = ["AsyncClient", "Client", "Job", "Latents", "RetryPolicy", "error_from_response", "ArgumentError",
+           "BadRequest", "ClientError", "ConnectionFailed", "DeadlineExceeded", "InvalidParameter", "NotFound",
+           "PayloadTooLarge", "RequestTimeout", "ResponseError", "ServerError", "ServiceError", "ServiceUnavailable",
+           "Unauthorized", "UnsupportedMediaType"]

@@ -48,6 +48,8 @@ except ModuleNotFoundError as exc:  # a dependency of dgae-client, an optional e
                               name=exc.name) from exc
 
 from ._wire import IMAGE_FIELD, OCTET, ImageLike, LatentsLike, Seeds, TensorType
+from .jobs import DEFAULT_POLL_S as JOB_POLL_S
+from .jobs import JOBS_ROUTE, Job, Progress, job_call, job_from
 from ._wire import Call as _Call
 from ._wire import array as _array
 from ._wire import encoded as _encoded
@@ -174,6 +176,56 @@ class Client:
         _check_tensor_type(return_tensors)
         response = self._request(_decode_call(latents, steps, seeds, image_format, quality))
         return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
+
+    # --- long work as jobs (see dgae_client.jobs) --------------------------------------------------------
+    def submit_decode(self, latents: LatentsLike, *, steps: int | None = None, seeds: Seeds = None,
+                      image_format: str | None = None, quality: int | None = None,
+                      return_tensors: TensorType = "np") -> Job:
+        """``decode``'s request as a job (``POST /v1/jobs/decode``); ``wait(job)`` returns its result."""
+        _check_tensor_type(return_tensors)
+        call = _decode_call(latents, steps, seeds, image_format, quality)
+
+        def parse(response: httpx.Response):
+            return _image_files(response) if image_format else _restored(_array(response, return_tensors), latents)
+
+        return job_from(_json(self._request(job_call(call))), parse)
+
+    def submit_encode(self, images: ImageLike | Sequence[ImageLike], *, mode: str = "mean", seeds: Seeds = None,
+                      fit: str = "pad", dtype: str = "float32", return_tensors: TensorType = "np") -> Job:
+        """``encode``'s request as a job (``POST /v1/jobs/encode``)."""
+        _check_tensor_type(return_tensors)
+        call = _encode_call(images, mode, seeds, fit, dtype)
+        return job_from(_json(self._request(job_call(call))), lambda r: _encoded(r, return_tensors))
+
+    def job(self, job: Job | str) -> Job:
+        """The job's state now (``GET /v1/jobs/{id}``)."""
+        path = job.path if isinstance(job, Job) else f"{JOBS_ROUTE}/{job}"
+        return job_from(_json(self._request(_Call("GET", path))), job.parse if isinstance(job, Job) else None)
+
+    def cancel(self, job: Job | str) -> None:
+        """Cancel a queued or running job (between two passes), or delete a finished one."""
+        path = job.path if isinstance(job, Job) else f"{JOBS_ROUTE}/{job}"
+        self._request(_Call("DELETE", path, retry=False))
+
+    def wait(self, job: Job, *, poll_s: float = JOB_POLL_S, timeout_s: float | None = None, progress: bool = True):
+        """Poll until the job ends, showing its passes with tqdm (``progress``), then return what the
+        synchronous call would have; a failed job raises its error, a cancelled one 410."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        bar = Progress(progress, f"{job.operation} {job.id[:8]}")
+        try:
+            while True:
+                job = self.job(job)
+                bar.update(job)
+                if job.finished:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RequestTimeout(f"job {job.id} still {job.state} after {timeout_s:g} s "
+                                         f"({job.done}/{job.total} passes)")
+                time.sleep(poll_s)
+        finally:
+            bar.close()
+        response = self._request(_Call("GET", f"{job.path}/result"))
+        return job.parse(response) if job.parse else response.content
 
     def info(self) -> dict:
         """GET /v1/model: preset, f, c, checkpoint, backend, steps range, limits."""

@@ -278,3 +278,35 @@ def test_client_waits_retry_after_across_a_full_queue_and_succeeds(slow_server, 
         assert np.abs(c.decode(z, seeds=3).astype(int) - images.astype(int)).max() <= 1
     print(f"\nretry across 503: {len(retries)} refusal(s) with Retry-After {RETRY_AFTER_S}, succeeded after "
           f"{waited:.2f} s")
+
+
+@pytest.mark.server
+def test_a_job_awaited_with_a_progress_bar_equals_the_synchronous_decode(slow_server, capsys):
+    z = np.random.default_rng(0).standard_normal((1, C, 6, 5)).astype(np.float32)
+    with Client(slow_server.url, api_key=API_KEY) as c:
+        sync = c.decode(z, steps=2, seeds=9)
+        job = c.submit_decode(z, steps=2, seeds=9)
+        assert job.state in ("queued", "running", "done") and job.id
+        out = c.wait(job, poll_s=0.05)
+        assert c.job(job).state == "done"
+    assert out.shape == sync.shape and np.abs(out.astype(int) - sync.astype(int)).max() <= 1
+    bar = capsys.readouterr().err  # tqdm's bar: the job's denoiser passes (1 tile x 2 steps)
+    assert "2/2" in bar and "pass" in bar
+
+
+@pytest.mark.server
+def test_dgae_decode_with_server_runs_a_job_and_writes_the_local_decodes_image(slow_server, tiny_checkpoint,
+                                                                                tmp_path, capsys):
+    from cli.main import main as dgae  # noqa: PLC0415
+
+    latents = tmp_path / "z.safetensors"
+    latents.write_bytes(st_bytes(torch.randn(1, C, 4, 6, generator=torch.Generator().manual_seed(3))))
+    common = [str(latents), "--steps", "2", "--seed", "4"]
+    assert dgae(["decode", *common, "-o", str(tmp_path / "remote.png"), "--server", slow_server.url,
+                 "--api-key", API_KEY]) == 0
+    out = capsys.readouterr()
+    assert "job " in out.out and "2/2" in out.err  # submitted, then the progress bar of its passes
+    assert dgae(["decode", *common, "-o", str(tmp_path / "local.png"), "--checkpoint", str(tiny_checkpoint)]) == 0
+    remote, local = (np.asarray(Image.open(tmp_path / n)).astype(int) for n in ("remote.png", "local.png"))
+    assert remote.shape == local.shape == (4 * F, 6 * F, 3) and np.abs(remote - local).max() <= 1
+    assert dgae(["decode", *common, "-o", str(tmp_path / "x.png"), "--server", slow_server.url]) == 2  # no key
