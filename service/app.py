@@ -26,6 +26,7 @@ from .core.errors import ERROR_CODE_SCOPE_KEY, install_handlers
 from .core.settings import ServiceSettings
 from .native.info import build_router as info_router
 from .native.routes import build_router as native_router
+from .docs import install_docs
 from .playground import install_playground
 from .v2 import install as install_v2
 
@@ -79,7 +80,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         finally:
             await lifecycle.stop(state)
 
-    app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan,
+    app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Images to latents and back with a diffusion-guided autoencoder. Errors are "
                               '`{"error": {"code", "message"}}`; see the README for the error table.')
     app.state.service = state
@@ -92,6 +93,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.include_router(native_router())
     install_v2(app, state.spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
     install_playground(app)
+    install_docs(app)  # /docs and /redoc with their assets served from here, not a CDN
 
     app.include_router(info_router())
     return app

@@ -55,6 +55,10 @@ class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class QuotaExceeded(ServiceError):
+    status, code = 429, "quota_exceeded"
+
+
 class QueueFull(ServiceError):
     status, code = 503, "queue_full"
 
@@ -114,7 +118,7 @@ _STATUS_BY_CLASS: tuple[tuple[type[Exception], int], ...] = (
     (ConfigError, 500),
 )
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
+               413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter", 429: "quota_exceeded"}
 INTERNAL_MESSAGE = "internal error; see the server log"
 ERROR_CODE_SCOPE_KEY = "dgae.error_code"  # set on the ASGI scope for the metrics middleware
 
@@ -194,6 +198,7 @@ def openapi_errors(*statuses: int) -> dict[int, dict]:
     text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
             413: "body, pixels (per image or per request) or item count over the limit",
             415: "unsupported Content-Type", 422: "parameter out of range",
+            429: "the API key's quota (requests per second or megapixels per minute) is used up (Retry-After)",
             500: "backend failure (only this batch's requests)",
             503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
             504: "request deadline exceeded"}
