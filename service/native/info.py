@@ -102,5 +102,5 @@ def build_router() -> APIRouter:
                          responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                                           "description": "Prometheus text format"}})
     router.add_api_route("/v1/model", model, response_model=ModelInfo, summary="Loaded model, backend and limits",
-                         dependencies=[Depends(require_api_key)], responses=openapi_errors(401, 503))
+                         dependencies=[Depends(require_api_key)], responses=openapi_errors(401, 429, 503))
     return router

@@ -71,7 +71,7 @@ DECODE_RESPONSES = {200: {"description": "one image, a zip of several, or uint8 
                                       codecs.ZIP: _binary("several images"),
                                       codecs.SAFETENSORS: _binary("uint8 'images' (N, H, W, 3)"),
                                       codecs.NPY: _binary("uint8 (N, H, W, 3)")}}}
-ERRORS = openapi_errors(400, 401, 413, 415, 422, 500, 503, 504)
+ERRORS = openapi_errors(400, 401, 413, 415, 422, 429, 500, 503, 504)
 
 
 async def encode(

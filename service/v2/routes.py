@@ -89,6 +89,7 @@ class ModelMetadata(BaseModel):
 _ERROR_TEXT = {400: "bad request: malformed tensors, unknown model/input/output/parameter",
                401: "missing or invalid API key", 404: "no such route", 405: "method not allowed",
                413: "body, pixels, item count or JSON tensor over the limit",
+               429: "the API key's quota is used up (Retry-After)",
                500: "backend failure (only this batch's requests)", 503: "not ready or queue full (Retry-After)",
                504: "request deadline exceeded"}
 
@@ -197,10 +198,10 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
 def build_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe v2)"])
     auth = [Depends(require_api_key)]
-    meta_errors = _errors(400, 401, 404)
+    meta_errors = _errors(400, 401, 404, 429)
     ready_doc = {**_errors(400, 404), 503: {"model": ModelReady, "description": "not ready"}}
     infer_doc = dict(methods=["POST"], response_class=Response, dependencies=auth, openapi_extra=INFER_BODY,
-                     responses={200: INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}, summary="Inference")
+                     responses={200: INFER_OK, **_errors(400, 401, 404, 413, 429, 500, 503, 504)}, summary="Inference")
     router.add_api_route("", server_metadata, response_model=ServerMetadata,
                          summary="Server metadata and supported extensions")
     router.add_api_route("/health/live", live, response_model=Live, summary="Liveness")
