@@ -74,12 +74,22 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
         t = next(iter(tensors.values()))
     else:
         raise InputError(f"{name}: expected a tensor named {LATENTS_KEY!r} (found {sorted(tensors)})")
+    return check_latent_tensor(t, name), _metadata(header, name)
+
+
+def _metadata(header: dict, name: str) -> dict[str, Any]:
+    """The ``dgae`` JSON metadata of a safetensors header ({} when absent). Malformed metadata is an
+    InputError: it decides crops and resizes, so it is never silently dropped."""
     meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if not meta_raw:
+        return {}
     try:
-        meta = json.loads(meta_raw) if meta_raw else {}
-    except json.JSONDecodeError:
-        meta = {}
-    return check_latent_tensor(t, name), meta if isinstance(meta, dict) else {}
+        meta = json.loads(meta_raw)
+    except (ValueError, RecursionError) as exc:  # ValueError: syntax or an int over 4300 digits
+        raise InputError(f"{name}: the {META_KEY!r} metadata is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{name}: the {META_KEY!r} metadata must be a JSON object")
+    return meta
 
 
 def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:

@@ -77,6 +77,17 @@ def st_bytes(t: torch.Tensor, meta: dict | None = None) -> bytes:
     return dump_safetensors(t, meta or {})
 
 
+HUGE_INT = b"9" * 5000  # past Python's 4300-digit int parsing limit: json.loads raises ValueError
+
+
+def image_bytes(fmt: str, h: int = 16, w: int = 16, seed: int = 0) -> bytes:
+    """A random RGB image in any Pillow format (GIF, TIFF, PPM, ICO, ...)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
 def npy_bytes(a: np.ndarray, allow_pickle: bool = False) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=allow_pickle)
@@ -164,6 +175,18 @@ def malformed_requests(lim: Limits) -> list[Bad]:
         Bad("json strings", "POST", "/decode", 400, {"json": {"latents": [[["a", "b"], ["c", "d"]]] * C}}),
         Bad("json top-level list", "POST", "/decode", 400, {"json": [1, 2, 3]}),
         Bad("json syntax", "POST", "/decode", 400, {"content": b'{"latents": [1,', **ct("application/json")}),
+        Bad("json latents with a 5000-digit integer", "POST", "/decode", 400,
+            {"content": b'{"latents": [[[' + HUGE_INT + b"]]]}", **ct("application/json")}, needle="not valid JSON"),
+        Bad("safetensors metadata with a 5000-digit integer", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": '{"images": ' + HUGE_INT.decode() + "}"})},
+            needle="'dgae' metadata is not valid JSON"),
+        Bad("safetensors metadata not JSON", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": "{not json"})}, needle="metadata"),
+        Bad("safetensors metadata not an object", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": "[1, 2]"})}, needle="JSON object"),
+        Bad("image format outside the read list (ICO)", "POST", "/encode", 400,
+            {"files": {"image": ("icon.ico", image_bytes("ICO"), "image/x-icon")}}, needle="supported format"),
+        Bad("raw ICO body", "POST", "/encode", 415, {"content": image_bytes("ICO"), **ct("image/x-icon")}),
         Bad("json NaN", "POST", "/decode", 400,
             {"content": json.dumps({"latents": [[[float("nan")]]] * C}).encode(), **ct("application/json")}),
         Bad("decode image content type", "POST", "/decode", 415, {"content": good_npy, **ct("image/png")}),

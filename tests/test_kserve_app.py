@@ -69,12 +69,19 @@ def test_server_metadata_health_and_model_metadata(client):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     enc = client.get(f"/v2/models/{ENCODER}", headers=AUTH).json()
     assert enc["name"] == ENCODER and enc["versions"] == ["1"] and enc["platform"] == "dgae_torch"
-    assert enc["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
-    assert enc["outputs"] == [{"name": "latents", "datatype": "FP32", "shape": [-1, C, -1, -1]}]
+    nhwc, latent = [-1, -1, -1, 3], [-1, C, -1, -1]
+    assert enc["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": nhwc,
+                              "accepted": [{"datatype": "UINT8", "shape": nhwc},
+                                           {"datatype": "FP32", "shape": [-1, 3, -1, -1]}]}]
+    assert enc["outputs"] == [{"name": "latents", "datatype": "FP32", "shape": latent,
+                               "accepted": [{"datatype": "FP32", "shape": latent}, {"datatype": "FP16", "shape": latent}]}]
     dec = client.get(f"/v2/models/{DECODER}/versions/1", headers=AUTH).json()
-    assert dec["inputs"] == [{"name": "latents", "datatype": "FP32", "shape": [-1, C, -1, -1]},
-                             {"name": "seeds", "datatype": "INT64", "shape": [-1]}]
-    assert dec["outputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert dec["inputs"] == [{"name": "latents", "datatype": "FP32", "shape": latent,
+                              "accepted": [{"datatype": "FP32", "shape": latent}, {"datatype": "FP16", "shape": latent}]},
+                             {"name": "seeds", "datatype": "INT64", "shape": [-1],
+                              "accepted": [{"datatype": "INT64", "shape": [-1]}]}]
+    assert dec["outputs"] == [{"name": "images", "datatype": "UINT8", "shape": nhwc,
+                               "accepted": [{"datatype": "UINT8", "shape": nhwc}]}]
     for model in (ENCODER, DECODER):
         assert client.get(f"/v2/models/{model}/ready").json() == {"name": model, "ready": True}
 

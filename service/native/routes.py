@@ -47,7 +47,7 @@ def _binary(description: str) -> dict:
 ENCODE_BODY = _body_doc({
     "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {
         "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    **{t: _binary("one raw image") for t in ("image/png", "image/jpeg", "image/webp", "image/bmp")}})
+    **{t: _binary("one raw image") for t in codecs.IMAGE_TYPES}})
 DECODE_BODY = _body_doc({
     codecs.SAFETENSORS: _binary("safetensors with a 'latents' tensor (N, c, h, w) or (c, h, w)"),
     codecs.NPY: _binary(".npy float32/float16 (N, c, h, w) or (c, h, w)"),

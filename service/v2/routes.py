@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dgae.errors import DGAEError
@@ -72,10 +72,17 @@ class ModelReady(BaseModel):
     ready: bool
 
 
+class TensorLayout(BaseModel):
+    datatype: str
+    shape: list[int]
+
+
 class MetadataTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+    accepted: list[TensorLayout] = Field(description="every datatype the tensor takes (inputs) or can be asked for "
+                                                     "(outputs), each with its shape; datatype/shape give the first")
 
 
 class ModelMetadata(BaseModel):

@@ -129,7 +129,7 @@ def parse_request(body: bytes, json_length: int | None, max_json_values: int) ->
 def _load_json(head: memoryview) -> object:
     try:
         return json.loads(bytes(head))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: syntax, encoding, an int over 4300 digits
         raise InputError(f"the inference header is not valid JSON ({str(exc)[:ERROR_PREVIEW_CHARS]}); binary "
                          f"tensor data needs the {HEADER_LENGTH} header") from None
 
@@ -204,8 +204,11 @@ def _json_data(data: object, name: str, datatype: str, shape: tuple[int, ...], m
         info = np.iinfo(dtype)
         if min(flat) < info.min or max(flat) > info.max:
             raise InputError(f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]")
-    with np.errstate(over="ignore"):  # float overflow becomes inf, which the models refuse by name
-        return np.array(flat, dtype=dtype).reshape(shape)
+    try:
+        with np.errstate(over="ignore"):  # float overflow becomes inf, which the models refuse by name
+            return np.array(flat, dtype=dtype).reshape(shape)
+    except OverflowError:  # a Python int beyond any float (10**400)
+        raise InputError(f"input {name!r}: a value is too large for {datatype}") from None
 
 
 def _outputs(value: object, binary_default: bool) -> list[RequestedOutput] | None:
