@@ -242,14 +242,14 @@ def test_not_ready_is_503_with_retry_after(torch_backend):
         assert v2_decode(c, latents_f32()).status_code == 200
 
 
-def test_backend_failure_is_500_in_protocol_form_and_service_keeps_serving(torch_backend):
+def test_worker_exception_is_400_in_protocol_form_and_service_keeps_serving(torch_backend):
     def hook(op, t):
         if op == "decode" and (t == POISON).any():
             raise RuntimeError("simulated kernel failure")
 
     with make_client(backend=with_hook(torch_backend, hook), warmup=False) as c:
         wait_ready(c)
-        assert_v2_error(v2_decode(c, np.full((1, C, 2, 2), POISON, np.float32)), 500, "simulated kernel failure")
+        assert_v2_error(v2_decode(c, np.full((1, C, 2, 2), POISON, np.float32)), 400, "simulated kernel failure")
         assert v2_decode(c, latents_f32()).status_code == 200
 
 

@@ -47,6 +47,13 @@ class ParameterError(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class UnprocessableInput(ServiceError):
+    """The backend raised an unexpected exception on this request alone (its batch neighbours were
+    answered): 422, not 500, so no input can produce a server error (docs/faults.md)."""
+
+    status, code = 422, "unprocessable_input"
+
+
 class UnknownParameter(ServiceError):
     status, code = 400, "unknown_parameter"
 
@@ -197,9 +204,10 @@ def openapi_errors(*statuses: int) -> dict[int, dict]:
     """``responses=`` entries documenting the JSON error body for the given statuses."""
     text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
             413: "body, pixels (per image or per request) or item count over the limit",
-            415: "unsupported Content-Type", 422: "parameter out of range",
+            415: "unsupported Content-Type",
+            422: "parameter out of range, or an input the backend could not process (unprocessable_input)",
             429: "the API key's quota (requests per second or megapixels per minute) is used up (Retry-After)",
-            500: "backend failure (only this batch's requests)",
+            500: "a backend that reports itself broken (backend_error; never caused by an input)",
             503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
             504: "request deadline exceeded"}
     return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

@@ -30,6 +30,8 @@ class ServiceMetrics:
         self.pending = Gauge("dgae_pending_requests", "Requests queued or computing", ["operation"], registry=r)
         self.rejected = Counter("dgae_queue_rejections", "Requests refused because the queue was full",
                                 ["operation"], registry=r)
+        self.worker_errors = Counter("dgae_worker_errors", "Requests failed by an unexpected backend exception "
+                                     "(answered 422 unprocessable_input)", ["operation"], registry=r)
         self.oom_splits = Counter("dgae_oom_splits", "Batches split after an out-of-memory error",
                                   ["operation"], registry=r)
         self.dropped = Counter("dgae_dropped", "Queued requests dropped before compute (client_disconnected, "

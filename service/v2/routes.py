@@ -97,7 +97,7 @@ _ERROR_TEXT = {400: "bad request: malformed tensors, unknown model/input/output/
                401: "missing or invalid API key", 404: "no such route", 405: "method not allowed",
                413: "body, pixels, item count or JSON tensor over the limit",
                429: "the API key's quota is used up (Retry-After)",
-               500: "backend failure (only this batch's requests)", 503: "not ready or queue full (Retry-After)",
+               500: "a backend that reports itself broken (never caused by an input)", 503: "not ready or queue full (Retry-After)",
                504: "request deadline exceeded"}
 
 
