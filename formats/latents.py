@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
 from dataclasses import fields
 from typing import Any, Sequence
 
@@ -101,7 +102,8 @@ def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:
         if read_header is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = read_header(fh)
-    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+    except (ValueError, SyntaxError, TypeError, EOFError, tokenize.TokenError, RecursionError) as exc:
+        # numpy tokenizes and literal_evals the header: an unterminated string or bracket is a TokenError
         raise InputError(f"{name}: malformed .npy header ({str(exc)[:200]})") from None
     if dtype not in NPY_DTYPES:
         raise InputError(f"{name}: npy dtype must be little-endian float32 or float16, got {dtype}")

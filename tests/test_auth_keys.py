@@ -17,7 +17,7 @@ from service.app import create_app
 from service.core.auth import ANONYMOUS, KeyStore, Principal, Quota, parse_keys
 from service.core.errors import Unauthorized
 from service.core.settings import ServiceSettings
-from service_cases import latents, png, st_bytes
+from service_cases import REPO, latents, png, st_bytes
 from test_service_app import make_client, wait_ready
 
 ALICE, BOB, CAROL = "alice-secret-key", "bob-secret-key", "carol-secret-key"
@@ -230,3 +230,11 @@ def test_a_running_server_picks_up_a_new_key_without_a_restart(keyed_client):
     text = c.get("/metrics").text
     assert 'dgae_api_keys_reloads_total{result="ok"} 1.0' in text
     assert 'dgae_api_keys_reloads_total{result="error"} 1.0' in text
+
+
+def test_the_documented_example_file_parses():
+    text = (REPO / "docs" / "security.md").read_text()
+    block = re.search(r"```\n(# <key.*?)```", text, re.S).group(1)
+    entries = parse_keys(block, "docs/security.md")
+    assert [e.principal.name for e in entries] == ["batch-jobs", "alice", "alice"]
+    assert entries[1].principal.quota == Quota(rps=5.0, mp_per_min=120.0)
