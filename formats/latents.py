@@ -67,7 +67,8 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")  # st_load() does not return the metadata
         header = json.loads(data[8:8 + header_len])
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, OverflowError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, TypeError, AssertionError) as exc:
+        # TypeError/AssertionError: safetensors' torch conversion of an empty tensor whose shape overflows int64
         raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
     if LATENTS_KEY in tensors:
         t = tensors[LATENTS_KEY]

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
 import re
+import struct
 import zipfile
-import io
 import zlib
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
@@ -59,6 +60,17 @@ LATENT_SEEDS = [npy_seed(np.zeros((1, 4, 2, 2), np.float32)), npy_seed(np.ones((
                 safetensors_seed("[1, 2]"), safetensors_seed("{bad json")]
 
 
+def npy_with_header(header: bytes) -> bytes:
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+# Findings of the fuzzer, kept as explicit examples (each was a 500 before its fix; docs/fuzzing.md).
+UNTERMINATED_NPY_HEADER = npy_with_header(b"{'descr': '<f4', 'shape': (1,\n")  # tokenize.TokenError
+EMPTY_TENSOR_OVERFLOWING_SHAPE = safetensors_from_header(  # TypeError in safetensors' torch.empty
+    {"latents": {"dtype": "F32", "shape": [0, 2 ** 63], "data_offsets": [0, 0]}}, b"")
+NON_ASCII_DIGIT = "\u00b2"  # '²': str.isdigit() says yes, int() says no (ValueError)
+
+
 def check_latents(result) -> None:
     if result is not None:
         latents, meta = result
@@ -68,6 +80,8 @@ def check_latents(result) -> None:
 
 @fuzz_settings()
 @given(data=bytes_or_mutated(LATENT_SEEDS))
+@example(data=UNTERMINATED_NPY_HEADER)
+@example(data=EMPTY_TENSOR_OVERFLOWING_SHAPE)
 def test_npy_and_safetensors_bytes(data):
     check_latents(typed_or_ok(load_latents, data, "body"))
 
@@ -191,6 +205,7 @@ def test_v2_json_and_binary_framing_and_model_validation(case):
 
 @fuzz_settings()
 @given(value=st.none() | st.text(max_size=12), size=st.integers(0, 100))
+@example(value=NON_ASCII_DIGIT, size=5)
 def test_v2_header_length(value, size):
     length = typed_or_ok(tensors.header_length, value, size)
     assert length is None or 0 < length <= size
@@ -258,6 +273,7 @@ def test_multipart_bodies(body, content_type):
 # --- query parameters and zip member names ---------------------------------------------------------------------------
 @fuzz_settings()
 @given(value=st.text(max_size=30) | st.integers() | st.lists(numbers(), max_size=4) | json_values(3))
+@example(value=NON_ASCII_DIGIT)
 def test_seed_and_integer_parameters(value):
     seeds = typed_or_ok(parse_seeds, value)
     assert seeds is None or isinstance(seeds, (int, list))

@@ -28,6 +28,7 @@ from formats.images import (READ_MEDIA_TYPES, WRITE_FORMATS, FitInfo, decode_ima
 from formats.latents import IMAGES_KEY, META_KEY, check_latent_tensor, dump_npy, dump_safetensors, load_latents
 
 from .errors import UnsupportedMediaType
+from .params import ascii_digits
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -51,7 +52,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refusing (413) as soon as Content-Length or the bytes read pass ``max_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not ascii_digits(declared.strip()):
             raise InputError(f"invalid Content-Length {declared!r}")
         if int(declared) > max_bytes:
             raise TooLargeError(f"body of {int(declared)} bytes exceeds the limit of {max_bytes} bytes")

@@ -22,6 +22,8 @@ import numpy as np
 
 from dgae.errors import InputError, TooLargeError
 
+from ..core.params import ascii_digits
+
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA = "application/octet-stream"
 JSON_MEDIA = "application/json"
@@ -85,7 +87,7 @@ def header_length(value: str | None, body_size: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not ascii_digits(text):
         raise InputError(f"{HEADER_LENGTH} must be a non-negative integer, got {value[:ERROR_PREVIEW_CHARS]!r}")
     length = int(text)
     if length == 0 or length > body_size:
