@@ -74,7 +74,7 @@ def _image_errors(name: str) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(f"{name}: image too large ({exc})") from exc
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image in a supported format "
+        raise InputError(f"{name}: cannot decode image: not an image in a supported format "
                          f"({', '.join(PIL_READ_FORMATS)})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {str(exc)[:200]})") from exc
