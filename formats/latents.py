@@ -64,11 +64,11 @@ def load_latents(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict
 def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict[str, Any]]:
     """Parse a latents safetensors payload. Accepts the key ``latents`` or a single tensor."""
     try:
-        tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")  # st_load() does not return the metadata
         header = json.loads(data[8:8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, TypeError, AssertionError) as exc:
-        # TypeError/AssertionError: safetensors' torch conversion of an empty tensor whose shape overflows int64
+        _refuse_empty_tensors(header, name)
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, OverflowError, RecursionError) as exc:
         raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
     if LATENTS_KEY in tensors:
         t = tensors[LATENTS_KEY]
@@ -77,6 +77,19 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
     else:
         raise InputError(f"{name}: expected a tensor named {LATENTS_KEY!r} (found {sorted(tensors)})")
     return check_latent_tensor(t, name), _metadata(header, name)
+
+
+def _refuse_empty_tensors(header: object, name: str) -> None:
+    """An empty tensor is never latents, and safetensors' torch conversion builds it with
+    ``torch.empty(shape)``, which raises TypeError or RuntimeError when its other dimensions overflow
+    int64 (``[0, 2**63]``): refuse it from the header, before anything is built. (A non-empty tensor's
+    shape is bounded by its bytes, which safetensors checks.)"""
+    if not isinstance(header, dict):
+        return  # safetensors refuses it
+    for key, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) and key != "__metadata__" else None
+        if isinstance(shape, list) and any(type(d) is int and d == 0 for d in shape):
+            raise InputError(f"{name}: tensor {str(key)[:40]!r} has an empty dimension {shape[:8]}")
 
 
 def _metadata(header: dict, name: str) -> dict[str, Any]:

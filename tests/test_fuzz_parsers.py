@@ -68,6 +68,8 @@ def npy_with_header(header: bytes) -> bytes:
 UNTERMINATED_NPY_HEADER = npy_with_header(b"{'descr': '<f4', 'shape': (1,\n")  # tokenize.TokenError
 EMPTY_TENSOR_OVERFLOWING_SHAPE = safetensors_from_header(  # TypeError in safetensors' torch.empty
     {"latents": {"dtype": "F32", "shape": [0, 2 ** 63], "data_offsets": [0, 0]}}, b"")
+EMPTY_TENSOR_OVERFLOWING_STRIDES = safetensors_from_header(  # RuntimeError: Stride calculation overflowed
+    {"latents": {"dtype": "F32", "shape": [0, 2 ** 40, 2 ** 40], "data_offsets": [0, 0]}}, b"")
 NON_ASCII_DIGIT = "\u00b2"  # '²': str.isdigit() says yes, int() says no (ValueError)
 
 
@@ -82,6 +84,7 @@ def check_latents(result) -> None:
 @given(data=bytes_or_mutated(LATENT_SEEDS))
 @example(data=UNTERMINATED_NPY_HEADER)
 @example(data=EMPTY_TENSOR_OVERFLOWING_SHAPE)
+@example(data=EMPTY_TENSOR_OVERFLOWING_STRIDES)
 def test_npy_and_safetensors_bytes(data):
     check_latents(typed_or_ok(load_latents, data, "body"))
 
