@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 
 import numpy as np
 import torch
@@ -106,11 +105,6 @@ def npy_seed(array: np.ndarray) -> bytes:
 def safetensors_seed(meta: str | None) -> bytes:
     t = torch.zeros(1, 4, 2, 2)
     return st_save({"latents": t}, metadata=None if meta is None else {"dgae": meta})
-
-
-def safetensors_from_header(header: dict, payload: bytes) -> bytes:
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + payload
 
 
 def image_seeds() -> list[bytes]:

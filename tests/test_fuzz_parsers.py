@@ -29,12 +29,13 @@ from dgae.errors import DGAEError
 from formats.latents import fit_infos, image_names, load_latents
 from formats.images import decode_image, image_size
 from fuzz_cases import (bytes_or_mutated, dumps, fuzz_settings, huge_int_text, image_seeds, json_values, mutated,
-                        nested_numbers, npy_seed, numbers, safetensors_from_header, safetensors_seed)
+                        nested_numbers, npy_seed, numbers, safetensors_seed)
 from service.core import codecs
 from service.core.engine import ModelSpec
 from service.core.params import parse_int, parse_seeds
 from service.v2 import tensors
 from service.v2.models import build_models
+from service_cases import safetensors_from_header
 
 MAX_PIXELS = 64 * 64
 MAX_JSON_VALUES = 256
