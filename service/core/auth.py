@@ -76,7 +76,7 @@ class _Entry:
 
 
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _positive(text: str, option: str) -> float:
