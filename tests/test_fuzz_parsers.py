@@ -71,6 +71,8 @@ EMPTY_TENSOR_OVERFLOWING_SHAPE = safetensors_from_header(  # TypeError in safete
     {"latents": {"dtype": "F32", "shape": [0, 2 ** 63], "data_offsets": [0, 0]}}, b"")
 EMPTY_TENSOR_OVERFLOWING_STRIDES = safetensors_from_header(  # RuntimeError: Stride calculation overflowed
     {"latents": {"dtype": "F32", "shape": [0, 2 ** 40, 2 ** 40], "data_offsets": [0, 0]}}, b"")
+EMPTY_V2_TENSOR_TOO_LARGE = dumps({"inputs": [{"name": "latents", "datatype": "BOOL", "shape": [2 ** 40, 0, 2 ** 40],
+                                               "data": []}]})  # numpy: "array is too big" (ValueError)
 NON_ASCII_DIGIT = "\u00b2"  # '²': str.isdigit() says yes, int() says no (ValueError)
 
 
@@ -197,6 +199,8 @@ def v2_bodies(draw) -> tuple[bytes, int | None]:
 
 @fuzz_settings()
 @given(case=v2_bodies())
+@example(case=(EMPTY_V2_TENSOR_TOO_LARGE, None))
+@example(case=(EMPTY_V2_TENSOR_TOO_LARGE.replace(b'"data": []', b'"parameters": {"binary_data_size": 0}'), None))
 def test_v2_json_and_binary_framing_and_model_validation(case):
     body, length = case
     req = typed_or_ok(tensors.parse_request, body, length, MAX_JSON_VALUES)

@@ -31,6 +31,7 @@ BINARY_DATA_SIZE = "binary_data_size"   # input / output parameter: bytes of thi
 BINARY_DATA = "binary_data"             # requested-output parameter: send this output as bytes
 BINARY_DATA_OUTPUT = "binary_data_output"  # request parameter: default for every output
 ERROR_PREVIEW_CHARS = 200
+MAX_ARRAY_BYTES = np.iinfo(np.intp).max  # numpy refuses (ValueError) a shape whose non-zero dims pass this
 
 # The one datatype table: protocol name -> little-endian numpy dtype. BYTES and BF16 exist in the
 # protocol but no model here takes or returns them, so they are refused like unknown names.
@@ -159,6 +160,8 @@ def _input(item: object, index: int, binary: memoryview, offset: int,
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     shape, dtype = tuple(shape), DATATYPES[datatype]
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_ARRAY_BYTES:  # numpy cannot even shape it
+        raise InputError(f"input {name!r}: shape {list(shape)[:8]} is too large for any tensor")
     count = math.prod(shape)
     size = _parameters(item.get("parameters"), f"input {name!r}").get(BINARY_DATA_SIZE)
     has_data = "data" in item
