@@ -198,6 +198,8 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
               "not valid JSON"),
         BadV2("an integer beyond any float in FP32 data", dec,
               _json({"inputs": [{**lat, "data": [10 ** 400] + [1] * (C - 1)}]}), "too large for FP32"),
+        BadV2("steps of a non-ASCII digit", dec, _json({"inputs": [lat], "parameters": {"steps": "\u00b2"}}),
+              "steps must be an integer"),
         BadV2("empty tensor too large for numpy", dec,
               _json({"inputs": [{**lat, "shape": [2 ** 40, 0, 2 ** 40, 1], "data": []}]}), "too large for any tensor"),
         BadV2("unknown v2 route", "/v2/models/dgae-decoder/explain", _json({"inputs": [lat]}), "Not Found",
