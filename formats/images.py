@@ -24,7 +24,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dgae.errors import InputError, TooLargeError
 
 # The one home for the image formats the project reads (CLI, service, bulk, training folders)...
-READ_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"})
+# Read: file suffix -> (media type, Pillow format). Decoding accepts only these Pillow formats (JPEG includes
+# the multi-picture JPEG cameras write), whether the bytes come from a file, a raw body or a multipart part.
+READ_FORMATS = {".png": ("image/png", "PNG"), ".jpg": ("image/jpeg", "JPEG"), ".jpeg": ("image/jpeg", "JPEG"),
+                ".webp": ("image/webp", "WEBP"), ".bmp": ("image/bmp", "BMP"), ".gif": ("image/gif", "GIF"),
+                ".tif": ("image/tiff", "TIFF"), ".tiff": ("image/tiff", "TIFF"),
+                ".ppm": ("image/x-portable-pixmap", "PPM")}
+READ_SUFFIXES = frozenset(READ_FORMATS)
+MEDIA_TYPE_ALIASES = ("image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-portable-anymap")  # seen in the wild
+READ_MEDIA_TYPES = tuple(dict.fromkeys([media for media, _ in READ_FORMATS.values()] + list(MEDIA_TYPE_ALIASES)))
+PIL_READ_FORMATS = tuple(dict.fromkeys(pil for _, pil in READ_FORMATS.values()))
 
 FitPolicy = Literal["error", "pad", "crop", "resize"]
 FIT_POLICIES = ("error", "pad", "crop", "resize")
@@ -69,13 +78,16 @@ def _image_errors(name: str) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(f"{name}: image too large ({exc})") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: cannot decode image: not an image in a supported format "
+                         f"({', '.join(PIL_READ_FORMATS)})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """Open lazily (Pillow reads only the header) and refuse a size over ``max_pixels`` or empty."""
-    img = Image.open(io.BytesIO(data))
+    img = Image.open(io.BytesIO(data), formats=PIL_READ_FORMATS)
     w, h = img.size
     if w * h > max_pixels:
         raise TooLargeError(f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
 from dataclasses import fields
 from typing import Any, Sequence
 
@@ -63,8 +64,11 @@ def load_latents(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict
 def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, dict[str, Any]]:
     """Parse a latents safetensors payload. Accepts the key ``latents`` or a single tensor."""
     try:
+        header_len = int.from_bytes(data[:8], "little")  # st_load() does not return the metadata
+        header = json.loads(data[8:8 + header_len])
+        _refuse_empty_tensors(header, name)
         tensors = st_load(data)
-    except (SafetensorError, ValueError, OverflowError) as exc:
+    except (SafetensorError, ValueError, OverflowError, RecursionError) as exc:
         raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
     if LATENTS_KEY in tensors:
         t = tensors[LATENTS_KEY]
@@ -72,22 +76,35 @@ def load_safetensors(data: bytes, name: str = "payload") -> tuple[torch.Tensor, 
         t = next(iter(tensors.values()))
     else:
         raise InputError(f"{name}: expected a tensor named {LATENTS_KEY!r} (found {sorted(tensors)})")
-    return check_latent_tensor(t, name), safetensors_metadata(data, name)
+    return check_latent_tensor(t, name), _metadata(header, name)
 
 
-def safetensors_metadata(data: bytes, name: str = "payload") -> dict[str, Any]:
-    """The ``dgae`` metadata of a safetensors payload ({} when absent or not a JSON object)."""
+def _refuse_empty_tensors(header: object, name: str) -> None:
+    """An empty tensor is never latents, and safetensors' torch conversion builds it with
+    ``torch.empty(shape)``, which raises TypeError or RuntimeError when its other dimensions overflow
+    int64 (``[0, 2**63]``): refuse it from the header, before anything is built. (A non-empty tensor's
+    shape is bounded by its bytes, which safetensors checks.)"""
+    if not isinstance(header, dict):
+        return  # safetensors refuses it
+    for key, entry in header.items():
+        shape = entry.get("shape") if isinstance(entry, dict) and key != "__metadata__" else None
+        if isinstance(shape, list) and any(type(d) is int and d == 0 for d in shape):
+            raise InputError(f"{name}: tensor {str(key)[:40]!r} has an empty dimension {shape[:8]}")
+
+
+def _metadata(header: dict, name: str) -> dict[str, Any]:
+    """The ``dgae`` JSON metadata of a safetensors header ({} when absent). Malformed metadata is an
+    InputError: it decides crops and resizes, so it is never silently dropped."""
+    meta_raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if not meta_raw:
+        return {}
     try:
-        header_len = int.from_bytes(data[:8], "little")  # safetensors' loaders do not return the metadata
-        header = json.loads(data[8:8 + header_len])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{name}: malformed or truncated safetensors payload ({str(exc)[:200]})") from exc
-    meta_raw = (header.get("__metadata__") or {}).get(META_KEY) if isinstance(header, dict) else None
-    try:
-        meta = json.loads(meta_raw) if meta_raw else {}
-    except (json.JSONDecodeError, TypeError):
-        meta = {}
-    return meta if isinstance(meta, dict) else {}
+        meta = json.loads(meta_raw)
+    except (ValueError, RecursionError) as exc:  # ValueError: syntax or an int over 4300 digits
+        raise InputError(f"{name}: the {META_KEY!r} metadata is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{name}: the {META_KEY!r} metadata must be a JSON object")
+    return meta
 
 
 def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:
@@ -99,7 +116,8 @@ def load_npy(data: bytes, name: str = "payload") -> torch.Tensor:
         if read_header is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = read_header(fh)
-    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+    except (ValueError, SyntaxError, TypeError, EOFError, tokenize.TokenError, RecursionError) as exc:
+        # numpy tokenizes and literal_evals the header: an unterminated string or bracket is a TokenError
         raise InputError(f"{name}: malformed .npy header ({str(exc)[:200]})") from None
     if dtype not in NPY_DTYPES:
         raise InputError(f"{name}: npy dtype must be little-endian float32 or float16, got {dtype}")

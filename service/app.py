@@ -27,6 +27,7 @@ from .core.settings import ServiceSettings
 from .jobs.routes import install as install_jobs
 from .native.info import build_router as info_router
 from .native.routes import build_router as native_router
+from .docs import install_docs
 from .playground import install_playground
 from .remote import build_router as remote_router
 from .v2 import install as install_v2
@@ -95,7 +96,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                 await stop_grpc(grpc_server, settings.shutdown_timeout_s)
             await lifecycle.stop(state)
 
-    app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan,
+    app = FastAPI(title="DGAE tokenizer service", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Images to latents and back with a diffusion-guided autoencoder. Errors are "
                               '`{"error": {"code", "message"}}`; see the README for the error table.')
     app.state.service = state
@@ -110,6 +111,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     install_jobs(app, state)  # /v1/jobs: long work as jobs on the same workers (service.jobs)
     install_v2(app, state.spec)  # Open Inference Protocol (KServe v2) under /v2, after install_handlers
     install_playground(app)
+    install_docs(app)  # /docs and /redoc with their assets served from here, not a CDN
 
     app.include_router(info_router())
     return app

@@ -74,8 +74,8 @@ def install_playground(app: FastAPI, static_dir: Path = STATIC_DIR) -> None:
 
     @app.get(CONFIG_PATH, include_in_schema=False)
     async def playground_config(request: Request) -> JSONResponse:
-        keys = request.app.state.service.settings.api_keys
-        return JSONResponse(PlaygroundConfig(auth_required=bool(keys)).model_dump(), headers=SECURITY_HEADERS)
+        required = request.app.state.service.keys.enabled
+        return JSONResponse(PlaygroundConfig(auth_required=required).model_dump(), headers=SECURITY_HEADERS)
 
     static = _StaticWithHeaders(directory=static_dir)
     static.mount = Mount(STATIC_PREFIX, app=static, name=STATIC_ROUTE_NAME)

@@ -10,7 +10,7 @@ import numpy as np
 
 from service.core.oip import DECODER, ENCODER
 from service.v2.tensors import DATATYPES, HEADER_LENGTH
-from service_cases import AUTH, C, F, Limits
+from service_cases import AUTH, C, F, HUGE_INT, Limits
 
 
 def infer_path(model: str) -> str:
@@ -193,6 +193,17 @@ def malformed_v2_requests(lim: Limits) -> list[BadV2]:
               "limit", status=413),
         BadV2("body over the byte limit", dec, {"content": b" " * (lim.max_body_bytes + 1)}, "limit", status=413),
         BadV2("missing API key", dec, _json({"inputs": [lat]}), "API key", status=401, auth=False),
+        BadV2("a 5000-digit integer in JSON data", dec,
+              {"content": b'{"inputs": [{"name": "latents", "datatype": "FP32", "shape": [1, %d, 1, 1], "data": [%s]}]}'
+                          % (C, b", ".join([HUGE_INT] + [b"1"] * (C - 1))),
+               "headers": {"Content-Type": "application/json"}},
+              "not valid JSON"),
+        BadV2("an integer beyond any float in FP32 data", dec,
+              _json({"inputs": [{**lat, "data": [10 ** 400] + [1] * (C - 1)}]}), "too large for FP32"),
+        BadV2("steps of a non-ASCII digit", dec, _json({"inputs": [lat], "parameters": {"steps": "\u00b2"}}),
+              "steps must be an integer"),
+        BadV2("empty tensor too large for numpy", dec,
+              _json({"inputs": [{**lat, "shape": [2 ** 40, 0, 2 ** 40, 1], "data": []}]}), "too large for any tensor"),
         BadV2("unknown v2 route", "/v2/models/dgae-decoder/explain", _json({"inputs": [lat]}), "Not Found",
               status=404),
         BadV2("GET on infer", dec, {}, "Method Not Allowed", status=405, method="GET"),

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -75,6 +76,23 @@ def latents(n: int = 1, h: int = 2, w: int = 2, c: int = C, seed: int = 0) -> to
 
 def st_bytes(t: torch.Tensor, meta: dict | None = None) -> bytes:
     return dump_safetensors(t, meta or {})
+
+
+HUGE_INT = b"9" * 5000  # past Python's 4300-digit int parsing limit: json.loads raises ValueError
+
+
+def image_bytes(fmt: str, h: int = 16, w: int = 16, seed: int = 0) -> bytes:
+    """A random RGB image in any Pillow format (GIF, TIFF, PPM, ICO, ...)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def safetensors_from_header(header: dict, payload: bytes = b"") -> bytes:
+    """A safetensors payload with any header (its 8-byte little-endian length, the JSON, the bytes)."""
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + payload
 
 
 def npy_bytes(a: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -166,6 +184,24 @@ def malformed_requests(lim: Limits) -> list[Bad]:
         Bad("json strings", "POST", "/decode", 400, {"json": {"latents": [[["a", "b"], ["c", "d"]]] * C}}),
         Bad("json top-level list", "POST", "/decode", 400, {"json": [1, 2, 3]}),
         Bad("json syntax", "POST", "/decode", 400, {"content": b'{"latents": [1,', **ct("application/json")}),
+        Bad("json latents with a 5000-digit integer", "POST", "/decode", 400,
+            {"content": b'{"latents": [[[' + HUGE_INT + b"]]]}", **ct("application/json")}, needle="not valid JSON"),
+        Bad("safetensors metadata with a 5000-digit integer", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": '{"images": ' + HUGE_INT.decode() + "}"})},
+            needle="'dgae' metadata is not valid JSON"),
+        Bad("safetensors metadata not JSON", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": "{not json"})}, needle="metadata"),
+        Bad("safetensors metadata not an object", "POST", "/decode", 400,
+            {"content": st_save({"latents": one}, metadata={"dgae": "[1, 2]"})}, needle="JSON object"),
+        Bad("safetensors empty tensor with overflowing strides", "POST", "/decode", 400,
+            {"content": safetensors_from_header({"latents": {"dtype": "F32", "shape": [0, 2 ** 40, 2 ** 40],
+                                                             "data_offsets": [0, 0]}})}, needle="empty dimension"),
+        Bad("npy header with an unterminated bracket", "POST", "/decode", 400,
+            {"content": b"\x93NUMPY\x01\x00" + struct.pack("<H", 30) + b"{'descr': '<f4', 'shape': (1,\n"},
+            needle="malformed .npy header"),
+        Bad("image format outside the read list (ICO)", "POST", "/encode", 400,
+            {"files": {"image": ("icon.ico", image_bytes("ICO"), "image/x-icon")}}, needle="supported format"),
+        Bad("raw ICO body", "POST", "/encode", 415, {"content": image_bytes("ICO"), **ct("image/x-icon")}),
         Bad("json NaN", "POST", "/decode", 400,
             {"content": json.dumps({"latents": [[[float("nan")]]] * C}).encode(), **ct("application/json")}),
         Bad("decode image content type", "POST", "/decode", 415, {"content": good_npy, **ct("image/png")}),

@@ -69,12 +69,21 @@ def test_server_metadata_health_and_model_metadata(client):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     enc = client.get(f"/v2/models/{ENCODER}", headers=AUTH).json()
     assert enc["name"] == ENCODER and enc["versions"] == ["1"] and enc["platform"] == "dgae_torch"
-    assert enc["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
-    assert enc["outputs"] == [{"name": "latents", "datatype": "FP32", "shape": [-1, C, -1, -1]}]
+    nhwc, latent = [-1, -1, -1, 3], [-1, C, -1, -1]
+    assert enc["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": nhwc,
+                              "accepted": [{"datatype": "UINT8", "shape": nhwc},
+                                           {"datatype": "FP32", "shape": [-1, 3, -1, -1]}]}]
+    assert enc["outputs"] == [{"name": "latents", "datatype": "FP32", "shape": latent,
+                               "accepted": [{"datatype": "FP32", "shape": latent},
+                                            {"datatype": "FP16", "shape": latent}]}]
     dec = client.get(f"/v2/models/{DECODER}/versions/1", headers=AUTH).json()
-    assert dec["inputs"] == [{"name": "latents", "datatype": "FP32", "shape": [-1, C, -1, -1]},
-                             {"name": "seeds", "datatype": "INT64", "shape": [-1]}]
-    assert dec["outputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert dec["inputs"] == [{"name": "latents", "datatype": "FP32", "shape": latent,
+                              "accepted": [{"datatype": "FP32", "shape": latent},
+                                           {"datatype": "FP16", "shape": latent}]},
+                             {"name": "seeds", "datatype": "INT64", "shape": [-1],
+                              "accepted": [{"datatype": "INT64", "shape": [-1]}]}]
+    assert dec["outputs"] == [{"name": "images", "datatype": "UINT8", "shape": nhwc,
+                               "accepted": [{"datatype": "UINT8", "shape": nhwc}]}]
     for model in (ENCODER, DECODER):
         assert client.get(f"/v2/models/{model}/ready").json() == {"name": model, "ready": True}
 
@@ -235,14 +244,14 @@ def test_not_ready_is_503_with_retry_after(torch_backend):
         assert v2_decode(c, latents_f32()).status_code == 200
 
 
-def test_backend_failure_is_500_in_protocol_form_and_service_keeps_serving(torch_backend):
+def test_worker_exception_is_400_in_protocol_form_and_service_keeps_serving(torch_backend):
     def hook(op, t):
         if op == "decode" and (t == POISON).any():
             raise RuntimeError("simulated kernel failure")
 
     with make_client(backend=with_hook(torch_backend, hook), warmup=False) as c:
         wait_ready(c)
-        assert_v2_error(v2_decode(c, np.full((1, C, 2, 2), POISON, np.float32)), 500, "simulated kernel failure")
+        assert_v2_error(v2_decode(c, np.full((1, C, 2, 2), POISON, np.float32)), 400, "simulated kernel failure")
         assert v2_decode(c, latents_f32()).status_code == 200
 
 

@@ -78,7 +78,9 @@ def test_health_and_metadata_through_tritonclient(server):
     meta = c.get_server_metadata()
     assert meta["name"] == "dgae-serve" and "binary_tensor_data" in meta["extensions"]
     enc = c.get_model_metadata(ENCODER, headers=auth())
-    assert enc["inputs"][0] == {"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}
+    assert {k: enc["inputs"][0][k] for k in ("name", "datatype", "shape")} == {
+        "name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}
+    assert [a["datatype"] for a in enc["inputs"][0]["accepted"]] == ["UINT8", "FP32"]  # FP32 is accepted too
     dec = c.get_model_metadata(DECODER, model_version="1", headers=auth())
     assert [t["name"] for t in dec["inputs"]] == ["latents", "seeds"] and dec["outputs"][0]["datatype"] == "UINT8"
     with pytest.raises(InferenceServerException) as err:

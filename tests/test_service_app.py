@@ -246,7 +246,7 @@ def test_not_ready_until_warmed_up(torch_backend):
 POISON = 1234.5
 
 
-def test_backend_error_is_500_for_that_request_and_service_keeps_serving(torch_backend):
+def test_worker_exception_is_422_for_that_request_and_service_keeps_serving(torch_backend):
     def hook(op, t):
         if op == "decode" and (t == POISON).any():
             raise RuntimeError("simulated kernel failure")
@@ -254,8 +254,8 @@ def test_backend_error_is_500_for_that_request_and_service_keeps_serving(torch_b
     with make_client(backend=Wrapped(torch_backend, hook), warmup=False) as c:
         wait_ready(c)
         err = assert_json_error(c.post("/decode", content=st_bytes(torch.full((1, C, 2, 2), POISON)), headers=AUTH),
-                                500, "simulated kernel failure")
-        assert err["code"] == "backend_error"
+                                422, "simulated kernel failure")
+        assert err["code"] == "unprocessable_input"
         assert c.post("/decode", content=st_bytes(latents()), headers=AUTH).status_code == 200
 
 

@@ -13,7 +13,7 @@ import torch
 from dgae.errors import BackendError, InputError
 from service.core.batcher import DynamicBatcher, is_out_of_memory
 from service.core.disconnect import CLIENT_DISCONNECTED
-from service.core.errors import DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
+from service.core.errors import DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown, UnprocessableInput
 from service.core.metrics import ServiceMetrics
 
 LONG_S = 30.0  # a deadline no test reaches
@@ -157,9 +157,52 @@ def test_backend_failure_fails_only_that_batch():
         return await asyncio.gather(b.submit("bad", rows([1]), [1], LONG_S), b.submit("good", rows([2]), [2], LONG_S),
                                     return_exceptions=True)
 
-    (bad, good), _ = run(go, rec)
-    assert isinstance(bad, BackendError) and "kaboom" in str(bad)
+    (bad, good), metrics = run(go, rec)
+    assert isinstance(bad, UnprocessableInput) and bad.status == 422 and "RuntimeError: kaboom" in str(bad)
     assert good.item() == 22.0
+    assert metrics.worker_errors.labels("decode")._value.get() == 1
+
+
+POISON_ROW = -1.0
+
+
+def poison_rows(key, inputs, seeds):
+    """Fails any batch holding a POISON_ROW row (a request that trips the backend)."""
+    if (inputs == POISON_ROW).any():
+        raise ValueError("poisoned row")
+    return inputs * 10
+
+
+poison_rows.gate = None
+
+
+def test_a_request_that_trips_the_backend_fails_alone_and_its_batch_neighbours_are_answered():
+    async def go(b):
+        return await asyncio.gather(b.submit("K", rows([1]), [0], LONG_S),
+                                    b.submit("K", rows([POISON_ROW]), [0], LONG_S),
+                                    b.submit("K", rows([3, 4], 2), [0, 0], LONG_S), return_exceptions=True)
+
+    (first, bad, last), metrics = run(go, poison_rows, max_wait_s=LONG_S / 100)
+    assert isinstance(bad, UnprocessableInput) and "ValueError: poisoned row" in str(bad)
+    assert first.tolist() == [[10.0]] and last.tolist() == [[30.0], [40.0]]
+    assert metrics.worker_errors.labels("decode")._value.get() == 1
+    assert metrics.batch_size.labels("decode")._sum.get() == 3  # the retries alone: 1 + 2 items (the batch failed)
+
+
+def test_typed_errors_from_the_worker_keep_their_status():
+    def typed(key, inputs, seeds):
+        raise (InputError if key == "input" else BackendError)("typed")
+
+    typed.gate = None
+
+    async def go(b):
+        return await asyncio.gather(b.submit("input", rows([1]), [0], LONG_S),
+                                    b.submit("backend", rows([1]), [0], LONG_S),
+                                    return_exceptions=True)
+
+    (inp, backend), metrics = run(go, typed)
+    assert type(inp) is InputError and type(backend) is BackendError
+    assert metrics.worker_errors.labels("decode")._value.get() == 0
 
 
 @pytest.mark.parametrize("make_error", CPU_OOM_ERRORS.values(), ids=CPU_OOM_ERRORS.keys())

@@ -7,13 +7,17 @@ the memory that admitted work holds (inputs, activations, outputs scale with pix
 while time is bounded by ``max_steps`` and the request deadline.
 
 - cost over ``max_request_pixels`` -> 413 ``too_large`` naming the limit;
+- the caller's megapixels-per-minute quota (:mod:`service.core.quotas`), charged once the budget
+  has room -> 429 ``quota_exceeded`` with ``Retry-After`` (the reservation is released again);
 - the budget (``inflight_pixels``) holds the cost of every request admitted and not yet answered
   (queued on a batcher, computing, encoding its response). A request that does not fit -> 503
   ``budget_full`` with ``Retry-After``. When nothing is in flight any request within the
   per-request limit is admitted, even one larger than the whole budget (it then runs alone), so
   no request is refused forever.
 
-Routes call :meth:`Admission.admit`; the reservation lives on the ASGI scope and
+HTTP routes call :meth:`Admission.admit` (the principal comes from the exchange's scope, put there by
+the API-key dependency); other protocols call :meth:`Admission.reserve` with their principal and
+release the reservation themselves. The HTTP reservation lives on the ASGI scope and
 :class:`AdmissionMiddleware` releases it when the exchange ends, however it ends (answered, failed,
 client gone). A batch still computing for a client that went away finishes after its reservation
 is released: the budget can be overshot by at most one running batch per operation.
@@ -29,8 +33,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dgae.errors import TooLargeError
 
+from .auth import PRINCIPAL_SCOPE_KEY, Principal
 from .errors import BudgetFull, retry_after
 from .metrics import ServiceMetrics
+from .quotas import Quotas
 from .settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +83,8 @@ class Reservation:
 
 
 class Admission:
-    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics):
+    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics, quotas: Quotas | None = None):
+        self.quotas = quotas or Quotas(metrics)
         self.max_request_pixels = settings.max_request_pixels
         self.retry_after_s = settings.retry_after_s
         self.budget = PixelBudget(settings.inflight_pixels)
@@ -91,8 +98,9 @@ class Admission:
                                 f"limit of {self.max_request_pixels} pixels per request (max_request_pixels); "
                                 f"send fewer or smaller images")
 
-    def reserve(self, operation: str, pixels: int) -> Reservation:
-        """Check the per-request limit (413), then take ``pixels`` of the budget or refuse (503)."""
+    def reserve(self, operation: str, pixels: int, principal: Principal | None = None) -> Reservation:
+        """Check the per-request limit (413), take ``pixels`` of the budget or refuse (503), then charge
+        ``principal``'s megapixel quota or release and refuse (429)."""
         self.check(operation, pixels)
         if not self.budget.try_reserve(pixels):
             self.metrics.budget_rejections.labels(operation).inc()
@@ -100,7 +108,13 @@ class Admission:
                              f"are taken and this {operation} needs {pixels}; retry later",
                              headers=retry_after(self.retry_after_s))
         self.metrics.inflight_pixels.labels(operation).inc(pixels)
-        return Reservation(operation, pixels, self)
+        reservation = Reservation(operation, pixels, self)
+        try:
+            self.quotas.charge_pixels(principal, pixels)
+        except BaseException:
+            reservation.release()
+            raise
+        return reservation
 
     def release(self, reservation: Reservation) -> None:
         self.budget.release(reservation.pixels)
@@ -108,7 +122,7 @@ class Admission:
 
     def admit(self, request: Request, operation: str, pixels: int) -> None:
         """Reserve for this HTTP exchange; :class:`AdmissionMiddleware` releases it when the exchange ends."""
-        reservation = self.reserve(operation, pixels)
+        reservation = self.reserve(operation, pixels, request.scope.get(PRINCIPAL_SCOPE_KEY))
         request.scope.setdefault(RESERVATIONS_SCOPE_KEY, []).append(reservation)
         log.debug("admitted %s of %d pixels (%d of %d in flight)", operation, pixels, self.budget.in_use,
                   self.budget.capacity)

@@ -11,10 +11,14 @@ never on the event loop.
 Backpressure: at most ``queue_size`` live requests wait (requests whose caller has gone do not
 count); beyond that ``submit`` raises QueueFull at once. A request past its deadline gets
 DeadlineExceeded; a request whose caller is cancelled (client disconnected) is dropped; either
-way a job not yet computing is never computed, and ``dgae_dropped_total`` counts it. A backend
-failure fails only that batch's requests. An out-of-memory error (CUDA or CPU) splits the batch in
-halves and retries down to single items; a single item that still does not fit is a 503
-``out_of_memory``.
+way a job not yet computing is never computed, and ``dgae_dropped_total`` counts it.
+
+Worker exceptions (docs/faults.md, "worker exception"): a typed project error keeps its status. Any
+other exception in a batch of several requests re-runs each request alone, so a request that trips
+the backend cannot fail its neighbours; the request that fails alone gets 422
+``unprocessable_input`` (logged with its traceback, counted in ``dgae_worker_errors_total``), and
+the worker keeps serving. An out-of-memory error (CUDA or CPU) splits the batch in halves and
+retries down to single items; a single item that still does not fit is a 503 ``out_of_memory``.
 
 Closing drains: queued and running batches may finish within the timeout; after it every caller
 still waiting, queued or in the running batch, gets ShuttingDown (503, ``Retry-After``).
@@ -31,10 +35,11 @@ from typing import Callable, Hashable
 
 import torch
 
-from dgae.errors import BackendError, DGAEError
+from dgae.errors import DGAEError
 
 from .disconnect import closing_task_cancelled
-from .errors import DeadlineExceeded, QueueFull, ShuttingDown, is_out_of_memory, out_of_memory, retry_after
+from .errors import (DeadlineExceeded, QueueFull, ShuttingDown, UnprocessableInput, is_out_of_memory, out_of_memory,
+                     retry_after)
 from .metrics import ServiceMetrics
 
 __all__ = ["BatchFn", "DynamicBatcher", "is_out_of_memory"]
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 BatchFn = Callable[[Hashable, torch.Tensor, list[int]], torch.Tensor]
 DROP_DEADLINE = "deadline_exceeded"
 DROP_CANCELLED = "cancelled"  # a caller cancelled without saying why
+MAX_CAUSE_CHARS = 200  # of a worker exception's message quoted to the caller
 
 
 def _cancel_reason(exc: asyncio.CancelledError) -> str:
@@ -198,25 +204,54 @@ class DynamicBatcher:
         started = time.monotonic()
         for job in batch:
             self._metrics.queue_seconds.labels(self.operation).observe(started - job.enqueued_at)
-        self._running = batch  # kept when this task is cancelled: close() answers these callers
         try:
-            seeds = [s for j in batch for s in j.seeds]
+            outputs = await self._compute_jobs(key, batch)
+        except Exception as exc:  # noqa: BLE001 - fail this batch only, keep serving
+            if len(batch) > 1 and not isinstance(exc, DGAEError) and not is_out_of_memory(exc):
+                log.warning("%s: a batch of %d requests failed (%s); running each request alone",
+                            self.operation, len(batch), type(exc).__name__)
+                for job in batch:
+                    await self._execute_alone(key, job)
+                return
+            self._fail(batch, exc)
+            return
+        self._metrics.compute_seconds.labels(self.operation).observe(time.monotonic() - started)
+        self._deliver(batch, outputs)
+
+    async def _execute_alone(self, key: Hashable, job: _Job) -> None:
+        if job.future.done():
+            return  # its caller has gone meanwhile
+        try:
+            outputs = await self._compute_jobs(key, [job])
+        except Exception as exc:  # noqa: BLE001
+            self._fail([job], exc)
+            return
+        self._deliver([job], outputs)
+
+    async def _compute_jobs(self, key: Hashable, batch: list[_Job]) -> torch.Tensor:
+        self._running = batch  # kept when this task is cancelled: close() answers these callers
+        seeds = [s for j in batch for s in j.seeds]
+        try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._compute, key, [j.inputs for j in batch], seeds)
-        except Exception as exc:  # noqa: BLE001 - fail this batch only, keep serving
+        except Exception:
             self._running = []
-            exc = self._as_service_error(exc, len(batch))
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+            raise
         self._running = []
-        self._metrics.compute_seconds.labels(self.operation).observe(time.monotonic() - started)
+        return outputs
+
+    def _deliver(self, batch: list[_Job], outputs: torch.Tensor) -> None:
         offset = 0
         for job in batch:
             if not job.future.done():
                 job.future.set_result(outputs[offset:offset + job.n])
             offset += job.n
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        error = self._as_service_error(exc, len(batch))
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)
 
     def _as_service_error(self, exc: Exception, requests: int) -> DGAEError:
         if isinstance(exc, DGAEError):
@@ -224,8 +259,11 @@ class DynamicBatcher:
         if is_out_of_memory(exc):  # e.g. concatenating the batch
             log.error("%s: out of memory on a batch of %d request(s)", self.operation, requests, exc_info=exc)
             return out_of_memory(f"running {self.operation}", exc, self.retry_after_s)
-        log.error("%s batch of %d request(s) failed", self.operation, requests, exc_info=exc)
-        return BackendError(f"{self.operation} failed in the backend: {type(exc).__name__}: {exc}")
+        self._metrics.worker_errors.labels(self.operation).inc()
+        log.error("%s: the backend raised on a request of its own (%d request(s) in the batch)", self.operation,
+                  requests, exc_info=exc)
+        return UnprocessableInput(f"{self.operation} could not process this request: the backend raised "
+                                  f"{type(exc).__name__}: {str(exc)[:MAX_CAUSE_CHARS]}")
 
     # --- worker thread --------------------------------------------------------------------------------
     def _compute(self, key: Hashable, inputs: list[torch.Tensor], seeds: list[int]) -> torch.Tensor:

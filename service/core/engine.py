@@ -26,10 +26,12 @@ from dgae.errors import ConfigError
 from dgae.request import DecodeKey, DecodeRequest, EncodeKey, EncodeRequest
 
 from .admission import Admission
+from .auth import KeyStore, Principal
 from .batcher import DynamicBatcher
 from .cost import CostModel
-from .errors import Busy, NotReady, OverDeadline, retry_after
+from .errors import Busy, NotReady, OverDeadline, Unauthorized, retry_after
 from .metrics import ServiceMetrics
+from .quotas import Quotas
 from .settings import ServiceSettings
 
 ENCODE, DECODE = "encode", "decode"
@@ -63,7 +65,10 @@ class Engine:
     def __init__(self, settings: ServiceSettings, backend: Backend | None = None):
         self.settings = settings
         self.metrics = ServiceMetrics()
-        self.admission = Admission(settings, self.metrics)
+        self.keys = KeyStore(settings.api_keys, settings.api_keys_file, on_reload=self._keys_reloaded)  # fails fast
+        self.metrics.api_keys.set(self.keys.count)
+        self.quotas = Quotas(self.metrics)
+        self.admission = Admission(settings, self.metrics, self.quotas)
         self.backend = backend
         self.checkpoint = None if backend else resolve_checkpoint(settings.checkpoint)
         self.config: DGAEConfig = backend.config if backend else read_config(self.checkpoint)  # fails fast
@@ -85,6 +90,22 @@ class Engine:
         if not self.ready:
             state = f"failed to load ({self.load_error})" if self.load_error else "still loading"
             raise NotReady(f"the model is {state}", headers=retry_after(self.settings.retry_after_s))
+
+    def authorize(self, token: str | None) -> Principal:
+        """The caller of a request on any protocol: its key checked (401) and its request counted
+        against its requests-per-second quota (429). Pass the principal on to admission
+        (``admission.reserve(op, pixels, principal)``) to charge its megapixels."""
+        try:
+            principal = self.keys.authenticate(token)
+        except Unauthorized:
+            self.metrics.auth_failures.inc()
+            raise
+        self.quotas.charge_request(principal)
+        return principal
+
+    def _keys_reloaded(self, ok: bool, file_keys: int) -> None:
+        self.metrics.key_reloads.labels("ok" if ok else "error").inc()
+        self.metrics.api_keys.set(self.keys.count)
 
     @property
     def checkpoint_sha256(self) -> str:

@@ -47,12 +47,23 @@ class ParameterError(ServiceError):
     status, code = 422, "invalid_parameter"
 
 
+class UnprocessableInput(ServiceError):
+    """The backend raised an unexpected exception on this request alone (its batch neighbours were
+    answered): 422, not 500, so no input can produce a server error (docs/faults.md)."""
+
+    status, code = 422, "unprocessable_input"
+
+
 class UnknownParameter(ServiceError):
     status, code = 400, "unknown_parameter"
 
 
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
+
+
+class QuotaExceeded(ServiceError):
+    status, code = 429, "quota_exceeded"
 
 
 class QueueFull(ServiceError):
@@ -140,7 +151,7 @@ _STATUS_BY_CLASS: tuple[tuple[type[Exception], int], ...] = (
     (ConfigError, 500),
 )
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter"}
+               413: "too_large", 415: "unsupported_media_type", 422: "invalid_parameter", 429: "quota_exceeded"}
 INTERNAL_MESSAGE = "internal error; see the server log"
 ERROR_CODE_SCOPE_KEY = "dgae.error_code"  # set on the ASGI scope for the metrics middleware
 
@@ -228,10 +239,13 @@ def openapi_errors(*statuses: int) -> dict[int, dict]:
     text = {400: "malformed input (image, tensor, metadata)", 401: "missing or invalid API key",
             413: "body, pixels (per image or per request, padded and tiled) or item count over the limit, or "
                  "the estimated time over the request's deadline (over_deadline: use /v1/jobs)",
-            415: "unsupported Content-Type", 422: "parameter out of range",
-            500: "backend failure (only this batch's requests)",
+            415: "unsupported Content-Type",
+            422: "parameter out of range, or an input the backend could not process (unprocessable_input)",
+            429: "the API key's quota (requests per second or megapixels per minute) is used up, or too many "
+                 "jobs (Retry-After)",
+            500: "a backend that reports itself broken (backend_error; never caused by an input)",
             503: "queue or in-flight pixel budget full, out of memory, not ready or shutting down (Retry-After)",
             504: "request deadline exceeded", 404: "no such job (unknown, expired or another key's)",
             409: "the job has not finished", 410: "the job was cancelled",
-            429: "too many jobs queued or running for this API key", 507: "job results fill their disk quota"}
+            507: "job results fill their disk quota"}
     return {s: {"model": ErrorBody, "description": text.get(s, "error")} for s in statuses}

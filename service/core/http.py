@@ -3,14 +3,14 @@ the engine of a request, the API-key dependency, the query-parameter check and t
 Protocol-neutral otherwise: no route lives here."""
 from __future__ import annotations
 
-import hmac
 import time
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .auth import BEARER, PRINCIPAL_SCOPE_KEY  # noqa: F401 - BEARER: the scheme adapters name in 401s
 from .engine import TIMEOUT_HEADER, Engine
-from .errors import ParameterError, Unauthorized
+from .errors import ParameterError
 from .params import unknown_parameters
 
 H_TIMING = "Server-Timing"  # "<op>;dur=<ms>": this request's wait in the batch queue + the model's batch
@@ -18,7 +18,6 @@ H_TIMING = "Server-Timing"  # "<op>;dur=<ms>": this request's wait in the batch 
 H_SEEDS, H_STEPS, H_MODEL, H_SHA, H_MODE, H_SHAPE = (
     "X-DGAE-Seeds", "X-DGAE-Steps", "X-DGAE-Model", "X-DGAE-Checkpoint-Sha256", "X-DGAE-Mode", "X-DGAE-Shape")
 MS_PER_S = 1000
-BEARER = "Bearer"
 _bearer = HTTPBearer(auto_error=False, description="required only when the server has API keys")
 
 
@@ -26,20 +25,16 @@ def engine(request: Request) -> Engine:
     return request.app.state.service
 
 
-def check_api_key(engine_: Engine, token: str | None) -> None:
-    """401 unless the server has no keys or ``token`` is one of them (constant-time comparison)."""
-    keys = engine_.settings.api_keys
-    if not keys:
-        return
-    given = (token or "").encode()
-    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
-        raise Unauthorized(f"missing or invalid API key: send 'Authorization: {BEARER} <key>'",
-                           headers={"WWW-Authenticate": BEARER})
+def authorize(request: Request, token: str | None) -> None:
+    """401 for a missing or wrong key, 429 over the key's request rate (service.core.auth, .quotas);
+    the principal goes on the scope, where admission charges its megapixels. For adapters that read
+    the key themselves (Remote VAE: Bearer or Basic) and for :func:`require_api_key`."""
+    request.scope[PRINCIPAL_SCOPE_KEY] = engine(request).authorize(token)
 
 
 async def require_api_key(request: Request,
                           creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    check_api_key(engine(request), creds.credentials if creds else None)
+    authorize(request, creds.credentials if creds else None)
 
 
 def check_query(request: Request) -> None:

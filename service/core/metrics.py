@@ -30,6 +30,8 @@ class ServiceMetrics:
         self.pending = Gauge("dgae_pending_requests", "Requests queued or computing", ["operation"], registry=r)
         self.rejected = Counter("dgae_queue_rejections", "Requests refused because the queue was full",
                                 ["operation"], registry=r)
+        self.worker_errors = Counter("dgae_worker_errors", "Requests failed by an unexpected backend exception "
+                                     "(answered 422 unprocessable_input)", ["operation"], registry=r)
         self.oom_splits = Counter("dgae_oom_splits", "Batches split after an out-of-memory error",
                                   ["operation"], registry=r)
         self.dropped = Counter("dgae_dropped", "Queued requests dropped before compute (client_disconnected, "
@@ -40,6 +42,16 @@ class ServiceMetrics:
                                     registry=r)
         self.budget_rejections = Counter("dgae_budget_rejections", "Requests refused because the in-flight "
                                          "pixel budget was full", ["operation"], registry=r)
+        # per API key, labelled by the key's name from the keys file (never by the key)
+        self.key_requests = Counter("dgae_key_requests", "Authenticated requests by key name", ["key"], registry=r)
+        self.key_megapixels = Counter("dgae_key_megapixels", "Megapixels admitted by key name", ["key"], registry=r)
+        self.quota_rejections = Counter("dgae_quota_rejections", "Requests refused (429) by key name and quota "
+                                        "(rps, mp_per_min)", ["key", "quota"], registry=r)
+        self.auth_failures = Counter("dgae_auth_failures", "Requests refused (401): missing or invalid key",
+                                     registry=r)
+        self.api_keys = Gauge("dgae_api_keys", "API keys in force (environment and keys file)", registry=r)
+        self.key_reloads = Counter("dgae_api_keys_reloads", "Keys-file reloads by result (ok, error: the "
+                                   "previous keys stay)", ["result"], registry=r)
         self.images_encoded = Counter("dgae_images_encoded", "Images encoded", registry=r)
         self.images_decoded = Counter("dgae_images_decoded", "Images decoded", registry=r)
         self.decode_steps = Histogram("dgae_decode_steps", "Sampler steps per decoded image",

@@ -106,8 +106,12 @@ class TensorSpec:
     optional: bool = False
 
     def metadata(self) -> dict:
-        datatype, shape = next(iter(self.shapes.items()))  # the first layout is the documented one
-        return {"name": self.name, "datatype": datatype, "shape": list(shape)}
+        """The protocol's metadata tensor (name, datatype, shape of the first, preferred layout; one entry
+        per name, so clients that build one tensor per entry keep working) plus ``accepted``: every
+        datatype this tensor takes or can return, each with its shape."""
+        datatype, shape = next(iter(self.shapes.items()))
+        return {"name": self.name, "datatype": datatype, "shape": list(shape),
+                "accepted": [{"datatype": d, "shape": list(s)} for d, s in self.shapes.items()]}
 
     def check(self, datatype: str, shape: tuple[int, ...]) -> None:
         if datatype not in self.shapes:

@@ -25,6 +25,11 @@ PIXEL_RANGE = (-1.0, 1.0)  # float images on every protocol
 SEED_HELP = f"an integer in [0, 2**{SEED_BITS}) or a comma-separated list of them (one per item)"
 
 
+def ascii_digits(text: str) -> bool:
+    """Only 0-9 (``str.isdigit`` also takes '²' and other digits ``int()`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def echo(value: object) -> str:
     """A user's value quoted in an error, cut to MAX_ECHO_CHARS."""
     text = repr(value)
@@ -36,7 +41,7 @@ def _seed_int(part: str | int) -> int:
         value = part
     else:
         text = str(part).strip()
-        if not text.isdigit() or not text.isascii() or len(text) > MAX_SEED_DIGITS:
+        if not ascii_digits(text) or len(text) > MAX_SEED_DIGITS:
             raise ParameterError(f"seed must be {SEED_HELP}, got {echo(part)}")
         value = int(text)
     if not 0 <= value < 2 ** SEED_BITS:
@@ -65,7 +70,7 @@ def parse_int(name: str, value: str | int | None, default: int) -> int:
         return default
     if type(value) is int:
         return value
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= MAX_SEED_DIGITS:
+    if isinstance(value, str) and ascii_digits(value.strip()) and len(value.strip()) <= MAX_SEED_DIGITS:
         return int(value)
     raise ParameterError(f"{name} must be an integer, got {echo(value)}")
 

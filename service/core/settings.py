@@ -49,7 +49,10 @@ class ServiceSettings(BaseSettings):
                                   "gRPC (inference.GRPCInferenceService) on this port; unset: HTTP only")
     log_level: str = "info"
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="comma-separated bearer tokens; empty = no authentication")
+        (), description="comma-separated bearer tokens; empty (and no api_keys_file) = no authentication")
+    api_keys_file: str | None = Field(
+        None, description="file of API keys, one a line: '<key or sha256:hex> [name=] [rps=] [mp_per_min=]' "
+                          "(see docs/security.md); re-read when it changes")
 
     # --- batching and backpressure ----------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, description="items per backend call")
@@ -119,5 +122,5 @@ class ServiceSettings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The resolved configuration for logs (API keys replaced by their count)."""
         out = self.model_dump()
-        out["api_keys"] = f"<{len(self.api_keys)} key(s)>"
+        out["api_keys"] = f"<{len(self.api_keys)} key(s)>"  # the file's path is no secret; its keys are not logged
         return out

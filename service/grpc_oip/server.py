@@ -19,6 +19,7 @@ finish, before the engine drains its batchers (the app's lifespan calls it first
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Awaitable, Callable
@@ -32,7 +33,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from ..core.disconnect import CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED
 from ..core.engine import Engine
 from ..core.errors import describe
-from ..core.http import BEARER, check_api_key
+from ..core.auth import BEARER, Principal
 from ..core.oip import SERVER_NAME, V2Model, build_models, lookup, platform, server_version
 from .convert import fill_response, parse_request
 
@@ -47,6 +48,9 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
          500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
+# The authorized caller of the call being handled (set in handle(), read by infer()'s admission); None
+# when the server has no keys' quotas to charge.
+CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("dgae_grpc_caller", default=None)
 UNLIMITED = -1  # grpc channel option: no limit on sent messages (outputs are bounded by the pixel limits)
 
 
@@ -64,8 +68,8 @@ async def handle(engine: Engine, method: str, context: aio.ServicerContext, work
     m, route = engine.metrics, SERVICE + method
     status, code, started = OK, "", time.monotonic()
     try:
-        if auth:
-            check_api_key(engine, _token(context))
+        if auth:  # the caller, for the admission of this call's work (its megapixel quota)
+            CALLER.set(engine.authorize(_token(context)))
         return await work()
     except asyncio.CancelledError:  # the client went away or its deadline passed
         status, code = CLIENT_CLOSED_STATUS, CLIENT_DISCONNECTED
@@ -89,7 +93,7 @@ async def infer(engine: Engine, models: dict[str, V2Model], request: pb.ModelInf
     reservations = []  # released when the call ends, however it ends
     try:
         result = await model.infer(engine, lambda op, pixels: reservations.append(
-            engine.admission.reserve(op, pixels)), req)
+            engine.admission.reserve(op, pixels, CALLER.get())), req)
     finally:
         for reservation in reservations:
             reservation.release()

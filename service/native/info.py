@@ -113,5 +113,5 @@ def build_router() -> APIRouter:
         },
     )
     router.add_api_route("/v1/model", model, response_model=ModelInfo, summary="Loaded model, backend and limits",
-                         dependencies=[Depends(require_api_key)], responses=openapi_errors(401, 503))
+                         dependencies=[Depends(require_api_key)], responses=openapi_errors(401, 429, 503))
     return router

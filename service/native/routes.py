@@ -53,7 +53,7 @@ def _binary(description: str) -> dict:
 ENCODE_BODY = _body_doc({
     "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {
         "type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    **{t: _binary("one raw image") for t in ("image/png", "image/jpeg", "image/webp", "image/bmp")}})
+    **{t: _binary("one raw image") for t in codecs.IMAGE_TYPES}})
 DECODE_BODY = _body_doc({
     codecs.SAFETENSORS: _binary("safetensors with a 'latents' tensor (N, c, h, w) or (c, h, w)"),
     codecs.NPY: _binary(".npy float32/float16 (N, c, h, w) or (c, h, w)"),
@@ -77,7 +77,7 @@ DECODE_RESPONSES = {200: {"description": "one image, a zip of several, or uint8 
                                       codecs.ZIP: _binary("several images"),
                                       codecs.SAFETENSORS: _binary("uint8 'images' (N, H, W, 3)"),
                                       codecs.NPY: _binary("uint8 (N, H, W, 3)")}}}
-ERRORS = openapi_errors(400, 401, 413, 415, 422, 500, 503, 504)
+ERRORS = openapi_errors(400, 401, 413, 415, 422, 429, 500, 503, 504)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from formats.images import OUTPUT_MEDIA_TYPES, OUTPUT_SUFFIXES, encode_image, to
 from ..core import codecs
 from ..core.engine import DECODE, ENCODE
 from ..core.errors import ParameterError, UnsupportedMediaType, openapi_errors
-from ..core.http import H_SEEDS, H_STEPS, check_api_key, check_query, engine, timing
+from ..core.http import H_SEEDS, H_STEPS, authorize, check_query, engine, timing
 from ..core.params import SEED_HELP, decode_request, encode_request, float_images
 from .tensors import DTYPES, TENSOR_MEDIA, parse_tensor, tensor_response
 
@@ -57,7 +57,7 @@ async def require_key(request: Request) -> None:
             token = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
         except (binascii.Error, UnicodeDecodeError):
             token = None
-    check_api_key(engine(request), token)
+    authorize(request, token)
 
 
 def _factor(name: str, value: float | None, nonzero: bool) -> float | None:

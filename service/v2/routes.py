@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dgae.errors import DGAEError
@@ -68,10 +68,17 @@ class ModelReady(BaseModel):
     ready: bool
 
 
+class TensorLayout(BaseModel):
+    datatype: str
+    shape: list[int]
+
+
 class MetadataTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+    accepted: list[TensorLayout] = Field(description="every datatype the tensor takes (inputs) or can be asked for "
+                                                     "(outputs), each with its shape; datatype/shape give the first")
 
 
 class ModelMetadata(BaseModel):
@@ -85,7 +92,9 @@ class ModelMetadata(BaseModel):
 _ERROR_TEXT = {400: "bad request: malformed tensors, unknown model/input/output/parameter",
                401: "missing or invalid API key", 404: "no such route", 405: "method not allowed",
                413: "body, pixels, item count or JSON tensor over the limit",
-               500: "backend failure (only this batch's requests)", 503: "not ready or queue full (Retry-After)",
+               429: "the API key's quota is used up (Retry-After)",
+               500: "a backend that reports itself broken (never caused by an input)",
+               503: "not ready or queue full (Retry-After)",
                504: "request deadline exceeded"}
 
 
@@ -186,10 +195,10 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
 def build_router() -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol (KServe v2)"])
     auth = [Depends(require_api_key)]
-    meta_errors = _errors(400, 401, 404)
+    meta_errors = _errors(400, 401, 404, 429)
     ready_doc = {**_errors(400, 404), 503: {"model": ModelReady, "description": "not ready"}}
     infer_doc = dict(methods=["POST"], response_class=Response, dependencies=auth, openapi_extra=INFER_BODY,
-                     responses={200: INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}, summary="Inference")
+                     responses={200: INFER_OK, **_errors(400, 401, 404, 413, 429, 500, 503, 504)}, summary="Inference")
     router.add_api_route("", server_metadata, response_model=ServerMetadata,
                          summary="Server metadata and supported extensions")
     router.add_api_route("/health/live", live, response_model=Live, summary="Liveness")

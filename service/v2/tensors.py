@@ -24,11 +24,13 @@ from dgae.errors import InputError, TooLargeError
 
 from ..core.oip import (BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, DATATYPES, InferRequest, InferResponse,
                         InputTensor, RequestedOutput, datatype_of)
+from ..core.params import ascii_digits
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_MEDIA = "application/octet-stream"
 JSON_MEDIA = "application/json"
 ERROR_PREVIEW_CHARS = 200
+MAX_ARRAY_BYTES = np.iinfo(np.intp).max  # numpy refuses (ValueError) a shape whose non-zero dims pass this
 
 # --- requests --------------------------------------------------------------------------------------
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -36,7 +38,7 @@ def header_length(value: str | None, body_size: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not ascii_digits(text):
         raise InputError(f"{HEADER_LENGTH} must be a non-negative integer, got {value[:ERROR_PREVIEW_CHARS]!r}")
     length = int(text)
     if length == 0 or length > body_size:
@@ -80,7 +82,7 @@ def parse_request(body: bytes, json_length: int | None, max_json_values: int) ->
 def _load_json(head: memoryview) -> object:
     try:
         return json.loads(bytes(head))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: syntax, encoding, an int over 4300 digits
         raise InputError(f"the inference header is not valid JSON ({str(exc)[:ERROR_PREVIEW_CHARS]}); binary "
                          f"tensor data needs the {HEADER_LENGTH} header") from None
 
@@ -108,6 +110,8 @@ def _input(item: object, index: int, binary: memoryview, offset: int,
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     shape, dtype = tuple(shape), DATATYPES[datatype]
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_ARRAY_BYTES:  # numpy cannot even shape it
+        raise InputError(f"input {name!r}: shape {list(shape)[:8]} is too large for any tensor")
     count = math.prod(shape)
     size = _parameters(item.get("parameters"), f"input {name!r}").get(BINARY_DATA_SIZE)
     has_data = "data" in item
@@ -155,8 +159,11 @@ def _json_data(data: object, name: str, datatype: str, shape: tuple[int, ...], m
         info = np.iinfo(dtype)
         if min(flat) < info.min or max(flat) > info.max:
             raise InputError(f"input {name!r}: values outside the {datatype} range [{info.min}, {info.max}]")
-    with np.errstate(over="ignore"):  # float overflow becomes inf, which the models refuse by name
-        return np.array(flat, dtype=dtype).reshape(shape)
+    try:
+        with np.errstate(over="ignore"):  # float overflow becomes inf, which the models refuse by name
+            return np.array(flat, dtype=dtype).reshape(shape)
+    except OverflowError:  # a Python int beyond any float (10**400)
+        raise InputError(f"input {name!r}: a value is too large for {datatype}") from None
 
 
 def _outputs(value: object, binary_default: bool) -> list[RequestedOutput] | None:
