@@ -35,9 +35,11 @@ serve: $(STAMP)
 test: test-fast test-slow
 
 FAST := not slow and not server and not gpu
-# the inner loop: unit tests only (no servers, containers, browsers, exports or training), <= 3 min
+FAST_WORKERS ?= 2
+# the inner loop: unit tests only (no servers, containers, browsers, exports or training), <= 3 min on
+# 2 cores: FAST_WORKERS pytest-xdist processes
 test-fast: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra -m "$(FAST)"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra -n $(FAST_WORKERS) -m "$(FAST)"
 
 test-slow: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra -m "not ($(FAST))"

@@ -34,7 +34,7 @@ from service.core import codecs
 from service.core.engine import ModelSpec
 from service.core.params import parse_int, parse_seeds
 from service.v2 import tensors
-from service.v2.models import build_models
+from service.core.oip import build_models
 from service_cases import safetensors_from_header
 
 MAX_PIXELS = 64 * 64
