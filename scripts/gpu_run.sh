@@ -21,24 +21,8 @@
 # env: PYTHON (python3, else .venv/bin/python), DATA (data/photos), DISTILL_MINUTES (1).
 set -uo pipefail
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
-
-DRY_RUN=0
-OUT=""
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
-    -h|--help) usage; exit 0 ;;
-    -*) echo "error: unknown option $arg" >&2; usage >&2; exit 2 ;;
-    *) [ -z "$OUT" ] || { echo "error: one OUT_DIR only" >&2; exit 2; }; OUT="$arg" ;;
-  esac
-done
-[ -n "$OUT" ] || { echo "error: OUT_DIR missing" >&2; usage >&2; exit 2; }
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
-fi
+# shellcheck source=benchmarks/script_args.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../benchmarks/script_args.sh"  # usage, DRY_RUN, OUT, ROOT, PYTHON
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
