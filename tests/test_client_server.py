@@ -248,11 +248,14 @@ def test_client_waits_retry_after_across_a_full_queue_and_succeeds(slow_server, 
     rejected = 'operation="decode"'
     before = metric(slow_server.url, "dgae_queue_rejections_total", rejected)
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(httpx.post, f"{slow_server.url}/decode?steps={SLOW_STEPS}&seed={i}", content=busy,
-                               headers=AUTH, timeout=HTTP_TIMEOUT_S) for i in range(2)]
-        while metric(slow_server.url, "dgae_pending_requests", rejected) < len(futures):  # one computing, one queued
-            assert not any(f.done() for f in futures), [f.result().text for f in futures if f.done()]
-            time.sleep(POLL_S)
+        futures = []
+        for i in range(2):  # one after the other: the first computes before the second queues (queue_size 1)
+            futures.append(pool.submit(httpx.post, f"{slow_server.url}/decode?steps={SLOW_STEPS}&seed={i}",
+                                       content=busy, headers=AUTH, timeout=HTTP_TIMEOUT_S))
+            while metric(slow_server.url, "dgae_pending_requests", rejected) < len(futures):
+                assert not any(f.done() for f in futures), [f.result().text for f in futures if f.done()]
+                time.sleep(POLL_S)
+            time.sleep(POLL_S)  # the batch loop takes the request it was told of
         with Client(slow_server.url, api_key=API_KEY, retries=0) as c, pytest.raises(ServiceUnavailable) as err:
             c.decode(z, seeds=3)
         assert err.value.code == "queue_full" and err.value.status == 503
