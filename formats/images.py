@@ -78,9 +78,9 @@ def _image_errors(name: str) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(f"{name}: image too large ({exc})") from exc
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as exc:  # chained: bulk.preprocess.error_kind tells "not_image" by it
         raise InputError(f"{name}: cannot decode image: not an image in a supported format "
-                         f"({', '.join(PIL_READ_FORMATS)})") from None
+                         f"({', '.join(PIL_READ_FORMATS)})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: cannot decode image ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
