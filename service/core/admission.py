@@ -1,8 +1,8 @@
 """Admission by cost: a pixel limit per request and an in-flight pixel budget shared by all requests.
 
-A request's cost is the pixels it makes the service hold: for /encode the uploaded images' pixels,
-read from the image headers before any pixel is decoded; for /decode the output pixels from the
-latent shape (``codecs.decoded_pixels``). Sampler steps are not part of the cost: the budget bounds
+A request's cost is the pixels its networks process, padded and tiled, the same on every protocol
+(:func:`service.core.cost.encode_charge` / :func:`~service.core.cost.decode_charge`; /encode reads
+them from the image headers before any pixel is decoded). Sampler steps are not part of the cost: the budget bounds
 the memory that admitted work holds (inputs, activations, outputs scale with pixels, not steps),
 while time is bounded by ``max_steps`` and the request deadline.
 

@@ -183,15 +183,6 @@ def _json_latents(body: bytes, max_values: int) -> tuple[torch.Tensor, dict]:
     return check_latent_tensor(torch.from_numpy(values), "latents"), meta if isinstance(meta, dict) else {}
 
 
-def decoded_pixels(latents: torch.Tensor, f: int, infos: list[FitInfo | None], processed: int | None = None) -> int:
-    """Pixels a decode holds: each item's decoder output (h*f x w*f; ``processed``: the pixels the
-    denoiser runs on, padded and tiled, when given), or its recorded original size when that is
-    larger (a ``resize`` fit is undone at full size)."""
-    _, _, h, w = latents.shape
-    out = processed if processed is not None else h * f * w * f
-    return sum(max(out, info.orig_height * info.orig_width if info else 0) for info in infos)
-
-
 # --- responses ---------------------------------------------------------------------------------
 def latents_body(latents: torch.Tensor, fmt: str, dtype: torch.dtype, meta: dict) -> tuple[bytes, str]:
     t = latents.to(dtype).contiguous()

@@ -25,6 +25,7 @@ import torch
 from dgae import pipeline
 from dgae.config import IMAGE_CHANNELS, DGAEConfig
 from dgae.request import DecodeRequest, EncodeRequest
+from formats.images import FitInfo
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,20 @@ def decode_pixels(config: DGAEConfig, latent_h: int, latent_w: int, tile: str = 
         return h * w
     count, th, tw = tiles
     return count * th * tw
+
+
+def decode_charge(config: DGAEConfig, req: DecodeRequest, infos: list[FitInfo | None] | None = None) -> int:
+    """What admission charges a checked decode on every protocol: per item the pixels the denoiser
+    processes (padded and tiled), or the item's recorded original size when that is larger (a
+    ``resize`` fit is undone at full size)."""
+    processed = decode_pixels(config, *req.latents.shape[-2:], req.tile)
+    return sum(max(processed, info.orig_height * info.orig_width if info else 0) for info in infos or [None] * req.n)
+
+
+def encode_charge(config: DGAEConfig, req: EncodeRequest) -> int:
+    """What admission charges a checked encode of decoded images (the native routes charge the same
+    from the image headers, before decoding): per image its pixels padded and tiled."""
+    return req.n * encode_pixels(config, *req.images.shape[-2:], req.tile)
 
 
 @dataclass(frozen=True)

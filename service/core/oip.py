@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from dgae.errors import InputError
 from formats.images import to_tensor, to_uint8
 
-from . import codecs
+from . import cost
 from .engine import DECODE, ENCODE, Engine, ModelSpec
 from .errors import ParameterError
 from .params import check_items, decode_request, encode_request, float_images
@@ -242,7 +242,7 @@ def _encoder(spec: ModelSpec) -> V2Model:
         mode = _text(p, "mode", "mean")
         enc = encode_request(svc, images, mode, p.get("seed") if mode == "sample" else None, _text(p, "tile", "auto"))
         n, _, h, w = images.shape
-        admit(ENCODE, n * h * w)  # the same cost admission as /encode
+        admit(ENCODE, cost.encode_charge(svc.config, enc))  # the same cost admission as /encode
         check_json_output("latents", n * spec.c * (h // spec.f) * (w // spec.f), binary["latents"], s.max_json_values)
         latents = await svc.encode(enc)
         params = {"mode": mode, **({"seeds": _seeds_param(enc.seeds)} if mode == "sample" else {})}
@@ -276,7 +276,7 @@ def _decoder(spec: ModelSpec) -> V2Model:
         dec = await run_in_threadpool(decode_request, svc, latents, p.get("steps"), _decode_seeds(req, len(latents)),
                                       _text(p, "tile", "auto"))
         n, _, h, w = latents.shape
-        admit(DECODE, codecs.decoded_pixels(latents, spec.f, [None] * n))
+        admit(DECODE, cost.decode_charge(svc.config, dec))
         check_json_output("images", n * h * spec.f * w * spec.f * RGB, binary["images"], s.max_json_values)
         images = await svc.decode(dec)
         rgbs = await run_in_threadpool(to_uint8, images)

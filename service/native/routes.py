@@ -133,8 +133,7 @@ async def prepare_decode(request: Request, eng: Engine, admit: Admit, *, tile: s
                                             s.max_json_values)
     req = await run_in_threadpool(decode_request, eng, latents, steps, seed, tile)
     infos, names = fit_infos(meta, req.n, s.max_pixels), image_names(meta)
-    processed = cost.decode_pixels(eng.config, *req.latents.shape[-2:], req.tile)
-    pixels = codecs.decoded_pixels(req.latents, spec.f, infos, processed)
+    pixels = cost.decode_charge(eng.config, req, infos)
     admit(DECODE, pixels)
 
     async def respond(images: torch.Tensor, timed: dict[str, str]) -> tuple[bytes, str, dict[str, str]]:

@@ -14,6 +14,7 @@ VAE's. Admission, limits, keys and metrics are those of the native routes.
 """
 from __future__ import annotations
 
+import functools
 import base64
 import binascii
 import math
@@ -27,7 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from dgae.errors import InputError
 from formats.images import OUTPUT_MEDIA_TYPES, OUTPUT_SUFFIXES, encode_image, to_tensor, to_uint8
 
-from ..core import codecs
+from ..core import codecs, cost
 from ..core.engine import DECODE, ENCODE
 from ..core.errors import ParameterError, UnsupportedMediaType, openapi_errors
 from ..core.http import H_SEEDS, H_STEPS, authorize, check_query, engine, timing
@@ -116,7 +117,7 @@ async def decode(
 ) -> Response:
     eng = engine(request)
     eng.require_ready()
-    s, spec = eng.settings, eng.spec
+    s = eng.settings
     if height is not None or width is not None:
         raise ParameterError("height and width are for packed (Flux) latents; DGAE latents are [N, c, h, w], "
                              "send them unpacked without height and width")
@@ -129,7 +130,7 @@ async def decode(
     if as_image and req.n != 1:
         raise InputError(f"output_type='pil' returns one image and this request has {req.n} latents; send one, "
                          "or use output_type='pt'")
-    eng.admission.admit(request, DECODE, codecs.decoded_pixels(req.latents, spec.f, [None] * req.n))
+    eng.admission.admit(request, DECODE, cost.decode_charge(eng.config, req))
     started = time.perf_counter()
     images = await eng.decode(req)
     headers = {H_SEEDS: ",".join(map(str, req.seeds)), H_STEPS: str(req.steps), **timing(DECODE, started)}
@@ -170,15 +171,16 @@ async def encode(
         _media(request, TENSOR_BODY_TYPES, "/remote/encode with a tensor body")
         raw = await run_in_threadpool(parse_tensor, body, shape, dtype)
         images = await run_in_threadpool(float_images, raw.unsqueeze(0) if raw.dim() == 3 else raw)
-        pixels = len(images) * images.shape[-2] * images.shape[-1] if images.dim() == 4 else 0
+        pixels = None  # charged once the request is checked
     else:
         _media(request, IMAGE_BODY_TYPES, "/remote/encode with an image body")
         files = [("image", body)]
-        pixels = await run_in_threadpool(codecs.image_pixels, files, s.max_pixels)
+        charge = functools.partial(cost.encode_pixels, eng.config, tile=tile)  # from the header, as /encode
+        pixels = await run_in_threadpool(codecs.image_pixels, files, s.max_pixels, charge)
         rgbs, _ = await run_in_threadpool(codecs.decode_images, files, spec.f, fit, s.max_pixels)
         images = await run_in_threadpool(to_tensor, rgbs)
     req = encode_request(eng, images, mode, seed if mode == "sample" else None, tile)
-    eng.admission.admit(request, ENCODE, pixels)
+    eng.admission.admit(request, ENCODE, cost.encode_charge(eng.config, req) if pixels is None else pixels)
     started = time.perf_counter()
     latents = await eng.encode(req)
     headers = timing(ENCODE, started)
