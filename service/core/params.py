@@ -36,15 +36,16 @@ def echo(value: object) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + f"... ({len(text)} chars)"
 
 
+def _int_text(text: str) -> int | None:
+    """The integer of at most MAX_SEED_DIGITS ASCII digits ``text`` spells (spaces around), else None:
+    checked before ``int()``, which refuses over 4300 digits with a bare ValueError."""
+    text = text.strip()
+    return int(text) if ascii_digits(text) and len(text) <= MAX_SEED_DIGITS else None
+
+
 def _seed_int(part: str | int) -> int:
-    if type(part) is int:
-        value = part
-    else:
-        text = str(part).strip()
-        if not ascii_digits(text) or len(text) > MAX_SEED_DIGITS:
-            raise ParameterError(f"seed must be {SEED_HELP}, got {echo(part)}")
-        value = int(text)
-    if not 0 <= value < 2 ** SEED_BITS:
+    value = part if type(part) is int else _int_text(str(part))
+    if value is None or not 0 <= value < 2 ** SEED_BITS:
         raise ParameterError(f"seed must be {SEED_HELP}, got {echo(part)}")
     return value
 
@@ -70,8 +71,9 @@ def parse_int(name: str, value: str | int | None, default: int) -> int:
         return default
     if type(value) is int:
         return value
-    if isinstance(value, str) and ascii_digits(value.strip()) and len(value.strip()) <= MAX_SEED_DIGITS:
-        return int(value)
+    parsed = _int_text(value) if isinstance(value, str) else None
+    if parsed is not None:
+        return parsed
     raise ParameterError(f"{name} must be an integer, got {echo(value)}")
 
 
