@@ -23,8 +23,8 @@
 #      "compile anchors"; decode / compile name both presets' steps).
 set -uo pipefail
 
-# shellcheck source=benchmarks/script_args.sh
-source "$(dirname "${BASH_SOURCE[0]}")/script_args.sh"  # usage, DRY_RUN, OUT, ROOT, PYTHON
+# shellcheck source=benchmarks/script_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/script_lib.sh"  # usage, DRY_RUN, OUT, ROOT, PYTHON, record_step
 mkdir -p "$OUT/logs" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
@@ -71,13 +71,7 @@ run_step() {  # name limit_s command...
   timeout --signal=TERM --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
   local status=${PIPESTATUS[0]} took=$((SECONDS - start))
   echo "=== $name: exit $status after ${took}s"
-  "$PYTHON" - "$STEPS_FILE" "$name" "$status" "$took" "$limit" <<'EOF'
-import json, sys
-path, name, status, took, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-steps = json.load(open(path))
-steps[name] = {"exit": status, "seconds": took, "limit_s": limit, "timed_out": status in (124, 137)}
-json.dump(steps, open(path, "w"))
-EOF
+  record_step "$STEPS_FILE" "$name" "$status" "$took" "$limit"
 }
 
 run_step peak "$PEAK_LIMIT_S" "$PYTHON" -m benchmarks.gpu_suite peak --out "$PARTS" "${SUITE_ARGS[@]}"

@@ -21,8 +21,8 @@
 # env: PYTHON (python3, else .venv/bin/python), DATA (data/photos), DISTILL_MINUTES (1).
 set -uo pipefail
 
-# shellcheck source=benchmarks/script_args.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../benchmarks/script_args.sh"  # usage, DRY_RUN, OUT, ROOT, PYTHON
+# shellcheck source=benchmarks/script_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../benchmarks/script_lib.sh"  # usage, DRY_RUN, OUT, ROOT, PYTHON, record_step
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
@@ -57,13 +57,7 @@ phase() {  # name limit_s command...
   timeout --signal=TERM --kill-after=5 "$limit" "$@" >> "$LOG" 2>&1
   local status=$? took=$((SECONDS - start))
   echo "=== $name: exit $status after ${took}s" | tee -a "$LOG"
-  "$PYTHON" - "$PHASES" "$name" "$status" "$took" "$limit" <<'EOF'
-import json, sys
-path, name, status, took, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-phases = json.load(open(path))
-phases[name] = {"exit": status, "seconds": took, "limit_s": limit, "timed_out": status in (124, 137)}
-json.dump(phases, open(path, "w"))
-EOF
+  record_step "$PHASES" "$name" "$status" "$took" "$limit"
 }
 
 # ---------------------------------------------------------------- wheels carried in .whl/ (no index)
