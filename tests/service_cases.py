@@ -26,6 +26,7 @@ C, F = 4, 8  # the tiny preset's latent channels and downsample factor
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 READY_TIMEOUT_S = 90
+NATIVE_TIMEOUT_S = 120.0  # one native request of the protocol tests (they compare other protocols against it)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -296,3 +297,16 @@ def serve(checkpoint: Path, log_dir: Path, *flags: str):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def native(server, route: str, content: bytes, headers: dict | None = None) -> np.ndarray:
+    """The npy answer of a native route on a real server (what another protocol is compared with)."""
+    r = httpx.post(server.url + route, content=content, headers={**AUTH, **(headers or {})}, timeout=NATIVE_TIMEOUT_S)
+    assert r.status_code == 200, r.text
+    return np.load(io.BytesIO(r.content))
+
+
+def level_diff(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference between two uint8 images of one shape, in 8-bit levels."""
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return int(np.abs(a.astype(int) - b.astype(int)).max())

@@ -4,7 +4,6 @@ the same seed, typed errors as gRPC status codes (the server stays up), the API 
 ``authorization`` metadata, and SIGTERM draining an in-flight call."""
 from __future__ import annotations
 
-import io
 import re
 import signal
 import threading
@@ -18,7 +17,7 @@ from benchmarks.inputs import photo_arrays
 from formats.images import encode_image
 from formats.latents import dump_npy
 from service.core.oip import DECODER, ENCODER
-from service_cases import AUTH, C, F, Limits, free_port, serve
+from service_cases import AUTH, C, F, Limits, free_port, level_diff, native, serve
 
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is a dev dependency")
 grpc = pytest.importorskip("grpc")
@@ -66,17 +65,6 @@ def tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput
 def photo() -> np.ndarray:
     arrays, _ = photo_arrays(1, PHOTO_SIDE)
     return np.stack(arrays)  # uint8 [1, H, W, 3]
-
-
-def native(server, route: str, content: bytes, headers: dict | None = None) -> np.ndarray:
-    r = httpx.post(server.url + route, content=content, headers={**AUTH, **(headers or {})}, timeout=TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    return np.load(io.BytesIO(r.content))
-
-
-def level_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def status_of(call) -> str:

@@ -5,7 +5,6 @@ and the malformed-request catalogue (every one 4xx, then a valid request still s
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 
 import httpx
@@ -16,7 +15,7 @@ from benchmarks.inputs import photo_arrays
 from formats.images import encode_image
 from formats.latents import dump_npy
 from kserve_cases import DECODER, ENCODER, malformed_v2_requests, send_v2
-from service_cases import AUTH, C, F, Limits, serve
+from service_cases import AUTH, C, F, Limits, level_diff, native, serve
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -58,17 +57,6 @@ def tensor(name: str, array: np.ndarray, datatype: str, binary: bool = True):
 def photo() -> np.ndarray:
     arrays, _ = photo_arrays(1, PHOTO_SIDE)  # a scikit-image sample photo, centre-cropped and resized
     return np.stack(arrays)                  # uint8 [1, H, W, 3]
-
-
-def native(server, route: str, content: bytes, headers: dict | None = None) -> np.ndarray:
-    r = httpx.post(server.url + route, content=content, headers={**AUTH, **(headers or {})}, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    return np.load(io.BytesIO(r.content))
-
-
-def level_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def test_health_and_metadata_through_tritonclient(server):

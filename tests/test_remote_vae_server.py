@@ -5,7 +5,6 @@ latents equal /encode's, every output_type, the scaling/shift mapping, SD.Next's
 typed errors."""
 from __future__ import annotations
 
-import io
 import json
 
 import httpx
@@ -17,7 +16,7 @@ from PIL import Image
 from benchmarks.inputs import photo_arrays
 from formats.images import encode_image, to_tensor
 from formats.latents import dump_npy
-from service_cases import AUTH, C, F, Limits, serve
+from service_cases import AUTH, C, F, Limits, level_diff, native, serve
 
 remote_utils = pytest.importorskip("diffusers.utils.remote_utils", reason="diffusers is a dev dependency")
 
@@ -68,19 +67,8 @@ def photo() -> np.ndarray:
     return arrays[0]  # uint8 [H, W, 3]
 
 
-def native(server, route: str, content: bytes, headers: dict | None = None) -> np.ndarray:
-    r = httpx.post(server.url + route, content=content, headers={**AUTH, **(headers or {})}, timeout=HTTP_TIMEOUT_S)
-    assert r.status_code == 200, r.text
-    return np.load(io.BytesIO(r.content))
-
-
 def native_latents(server, rgb: np.ndarray) -> np.ndarray:
     return native(server, "/encode?format=npy", encode_image(rgb), {"Content-Type": "image/png"})
-
-
-def level_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def test_remote_encode_of_an_image_equals_native_encode(server):
