@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast test-slow test-docker data bulk-input bulk-demo bench-bulk demo train-default train-gpu distill-gpu eval bench lint clean
+.PHONY: install serve test test-fast test-slow test-docker data bulk-input bulk-demo bench-bulk demo train-default train-base train-gpu distill-gpu eval bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,13 +75,25 @@ bench-bulk: bulk-input
 demo: $(STAMP)
 	$(PY) -m cli roundtrip $$($(PY) -c "import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), 'data', 'astronaut.png'))") -o out/demo
 
-train-default: $(STAMP) data
-	$(PY) -m cli train --recipe cpu-default --data $(DATA) --out runs/default --max-minutes 100
+# The bundled one-step default (weights/MODEL_CARD.md): the 2-step base fine-tuned at one step in
+# the stages of training/default.py (CPU, resumable: run it again after a stop, or in
+# TRAIN_MINUTES chunks per stage). The base is the bundled file at BASE_COMMIT (git history), or
+# your own from `make train-base train-gpu` (BASE=runs/gpu-default/ema.safetensors).
+BASE_COMMIT ?= 7bfcb49
+BASE ?= runs/base/dgae-small-f8c4-2step.safetensors
+TRAIN_MINUTES ?=
+runs/base/dgae-small-f8c4-2step.safetensors:
+	mkdir -p $(dir $@) && git show $(BASE_COMMIT):weights/dgae-small-f8c4.safetensors > $@.tmp && mv $@.tmp $@
+train-default: $(STAMP) data $(BASE)
+	$(PY) -m training.default --base $(BASE) --data $(DATA) --runs runs/default \
+		--out runs/default/dgae-small-f8c4.safetensors --device cpu $(if $(TRAIN_MINUTES),--max-minutes $(TRAIN_MINUTES))
 
-# continue the bundled model on one GPU for GPU_MINUTES (how the bundled weights' last stage ran)
+# the base's stage 1 on the CPU (~2 h), then stage 2: continue it on one GPU for GPU_MINUTES
+train-base: $(STAMP) data
+	$(PY) -m cli train --recipe cpu-default --data $(DATA) --out runs/base-cpu --max-minutes 100
 GPU_MINUTES ?= 5
 train-gpu: $(STAMP) data
-	PYTHON=$(PY) scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
+	PYTHON=$(PY) INIT=runs/base-cpu/ema.safetensors scripts/gpu_train_default.sh $(DATA) runs/gpu-default $(GPU_MINUTES)
 
 # distill the bundled model into a STUDENT_STEPS-step student on one GPU for DISTILL_MINUTES (then
 # `dgae eval` of student and teacher, each under EVAL_MINUTES); the bundled weights stay as they are

@@ -131,8 +131,14 @@ RECIPES["onestep"] = TrainConfig(
     lr=1e-4, lr_min=1e-5, warmup_steps=20, ema_decay=0.99, alpha=1.0, eta=0.05, lpips_net="alex",
     objective="distill", distill_target="photo", teacher_steps=2, student_steps=1, log_every=10,
     ckpt_every=25, sample_every=200)
+# stage 2 of the one-step default: the same objective on 256² crops (the size that is scored and
+# served most), from stage 1's EMA weights; same pixels per step as stage 1 (2 x 256² = 8 x 128²)
+RECIPES["onestep-256"] = dataclasses.replace(
+    RECIPES["onestep"], crop_size=256, batch_size=2, max_steps=1200, lr=5e-5, lr_min=5e-6, sample_every=400)
 RECIPES["onestep-tiny"] = dataclasses.replace(
     RECIPES["tiny"], objective="distill", distill_target="photo", teacher_steps=2, student_steps=1, eta=0.05)
+RECIPES["onestep-256-tiny"] = dataclasses.replace(
+    RECIPES["onestep-tiny"], crop_size=64, batch_size=1, lr=RECIPES["tiny"].lr / 2)
 RECIPES["distill-tiny"] = dataclasses.replace(
     RECIPES["tiny"], objective="distill", teacher_steps=8, student_steps=1, lr=3e-4, lr_min=3e-5, eta=0.2)
 

@@ -1,0 +1,126 @@
+"""The one-step default (training/default.py, ``make train-default``): the stage chain on the tiny
+preset reproduces its released file bit for bit, resumes after a stop, freezes the encoder; and a
+latent made by the 2-step base model's encoder (tests/fixtures/base_latent.npz, written by
+scripts/make_encoder_fixture.py before the default changed) decodes with today's bundled default."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dgae.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint, read_metadata, save_checkpoint
+from dgae.model import DGAE
+from dgae.presets import get_preset
+from scripts.make_encoder_fixture import SEED, psnr_8bit, to_tensor
+from test_distill import make_photo_set
+from training.config import get_recipe
+from training.default import TINY_STAGES, main, release, sha256, train_stages
+
+FIXTURE = Path(__file__).parent / "fixtures" / "base_latent.npz"
+# The base encoder's latent must come back from the bundled encoder up to float rounding
+# (same weights, same code; measured max |diff| 0 on this machine).
+LATENT_TOL = 1e-4
+# The new default's 1-step decode of the base's latent may be at most this far below the base's
+# own 2-step decode of it (PSNR, 8-bit rounded). Measured: see weights/MODEL_CARD.md.
+MAX_PSNR_LOSS_DB = 0.3
+TINY_STEPS = {"max_steps": 4, "log_every": 2, "ckpt_every": 2, "sample_every": 10**9}
+STOP_AT_ONCE = 1e-9  # --max-minutes that stops after the first step
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("default_photos")
+    make_photo_set(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    meta = {"trained_steps": "7", "training_stages": json.dumps([{"stage": 1, "recipe": "tiny", "steps": 7}])}
+    return save_checkpoint(DGAE(get_preset("tiny")), path, extra_metadata=meta)
+
+
+def tiny_chain(base, photos, runs, max_minutes=None):
+    torch.set_num_threads(1)
+    return train_stages(base, photos, runs, TINY_STAGES, "cpu", max_minutes, overrides=TINY_STEPS)
+
+
+def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, photos, tmp_path):
+    out_a, out_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    release(tiny_chain(base, photos, tmp_path / "runs_a"), base, TINY_STAGES, out_a)
+    release(tiny_chain(base, photos, tmp_path / "runs_b"), base, TINY_STAGES, out_b)
+    a, b, start = load_file(out_a), load_file(out_b), load_file(base)
+    assert a.keys() == b.keys() == start.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "two runs of the recipe gave different weights"
+    encoder = [k for k in a if k.startswith("encoder.")]
+    decoder = [k for k in a if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(a[k], start[k]) for k in encoder), "the encoder changed"
+    assert any(not torch.equal(a[k], start[k]) for k in decoder), "the decoder did not train"
+
+    model = load_checkpoint(out_a)
+    assert model.config.sampler.default_steps == 1
+    meta = read_metadata(out_a)
+    stages = json.loads(meta["training_stages"])
+    assert [s["recipe"] for s in stages] == ["tiny", *TINY_STAGES]
+    assert [s["steps"] for s in stages] == [7, TINY_STEPS["max_steps"], TINY_STEPS["max_steps"]]
+    assert stages[1]["train_config"]["crop_size"] == get_recipe(TINY_STAGES[0]).crop_size
+    assert stages[2]["train_config"]["crop_size"] == get_recipe(TINY_STAGES[1]).crop_size
+    assert meta["base_sha256"] == sha256(base)
+    assert int(meta["trained_steps"]) == 7 + 2 * TINY_STEPS["max_steps"]
+
+
+def test_tiny_chain_resumes_after_a_stop(base, photos, tmp_path):
+    runs = tmp_path / "runs"
+    assert tiny_chain(base, photos, runs, max_minutes=STOP_AT_ONCE) is None  # stage 1 stopped early
+    assert not (runs / f"stage2-{TINY_STAGES[1]}").exists()
+    final = tiny_chain(base, photos, runs)
+    assert final is not None and final.parent.name == f"stage2-{TINY_STAGES[1]}"
+    assert read_metadata(final)["trained_steps"] == str(TINY_STEPS["max_steps"])
+    before = sha256(final)
+    assert tiny_chain(base, photos, runs) == final and sha256(final) == before  # finished: not re-run
+
+
+def test_command_line_reports_an_unfinished_chain(base, photos, tmp_path, capsys):
+    torch.set_num_threads(1)
+    argv = ["--base", str(base), "--data", str(photos), "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out.safetensors"), "--stages", ",".join(TINY_STAGES),
+            "--max-minutes", str(STOP_AT_ONCE)]
+    assert main(argv) == 3
+    assert "run the same command again" in capsys.readouterr().out
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_latent_from_the_base_encoder_decodes_with_the_bundled_default():
+    torch.set_num_threads(2)
+    fixture = np.load(FIXTURE)
+    model = load_checkpoint(BUNDLED_CHECKPOINT).eval()
+    assert read_metadata(BUNDLED_CHECKPOINT)["base_sha256"] == str(fixture["base_sha256"])
+    image, latent = fixture["image"], torch.from_numpy(fixture["latent"])
+    with torch.no_grad():
+        again = model.encode(to_tensor(image))
+        decoded = model.decode(latent, seeds=SEED)  # the default: one step
+    assert model.config.sampler.default_steps == 1 < int(fixture["default_steps"])
+    assert (again - latent).abs().max().item() <= LATENT_TOL, "the bundled encoder is not the base's"
+    base_psnr = float(fixture["psnr_default"])
+    assert psnr_8bit(decoded, image) >= base_psnr - MAX_PSNR_LOSS_DB
+
+
+def test_make_train_default_starts_from_the_base_the_fixture_was_made_with():
+    import re
+    import subprocess
+
+    makefile = (Path(__file__).parent.parent / "Makefile").read_text()
+    commit = re.search(r"^BASE_COMMIT \?= (\w+)$", makefile, re.M).group(1)
+    blob = subprocess.run(["git", "show", f"{commit}:weights/dgae-small-f8c4.safetensors"],
+                          capture_output=True, cwd=Path(__file__).parent)
+    if blob.returncode != 0:
+        pytest.skip(f"this checkout has no git history with {commit} (a shallow clone?)")
+    import hashlib
+
+    assert hashlib.sha256(blob.stdout).hexdigest() == str(np.load(FIXTURE)["base_sha256"])
