@@ -10,6 +10,11 @@ ONNX Runtime with the cached export, see backends.factory) at each step count (E
 pass per step), the model's default step count marked; ``--backend torch`` for the eager model.
 Every row also carries its counted FLOPs per image (meta device, no compute). The summary gives
 the default row's speed-up over each anchor, measured in the same run.
+
+``--http`` adds what a client of the service gets: ``dgae serve`` started with this checkpoint and
+nothing else set (a :class:`~benchmarks.service_process.ServiceProcess`), timed ``POST /decode``
+calls of the same latents at the service's defaults (steps, output), and that row's speed-up over
+the anchors measured in this process, in the same run.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ FULL = {"size": 256, "batch": 8, "repeats": 5}
 WARMUP = 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GIGA = 1e9
+HTTP_LABEL = "dgae POST /decode"
+HTTP_TIMEOUT_S = 600.0
 
 
 def build_anchors() -> dict[str, torch.nn.Module]:
@@ -74,7 +81,7 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
 
 @torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
-        precision: str, clock: str = "wall", backend_kind: str = "auto") -> dict:
+        precision: str, clock: str = "wall", backend_kind: str = "auto", http: bool = False) -> dict:
     from backends.factory import create_backend  # noqa: PLC0415
 
     sync, dtype = synchronizer(device), PRECISIONS[precision]
@@ -109,6 +116,11 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
                        pass_flops * denoiser_calls(config, k), k)
         rows.append({**row, "backend": info.name, "default": k == default_steps})
     backend.close()
+    if http:
+        seconds = time_http_decode(checkpoint, device, latents, repeats, clock)
+        rows.append({**make_row(HTTP_LABEL, "service", batch, seconds, dec_params,
+                                pass_flops * denoiser_calls(config, default_steps), default_steps),
+                     "backend": "service defaults", "default": False})
     sd_ms = next((r["ms_per_image"] for r in rows if r["label"] == "sd-vae"), None)
     for r in rows:
         r["cost_vs_sd_vae"] = r["ms_per_image"] / sd_ms if sd_ms else None
@@ -117,10 +129,27 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
                "default_steps": default_steps, "default_ms_per_image": default["ms_per_image"],
                **{f"speedup_vs_{r['label']}": r["ms_per_image"] / default["ms_per_image"]
                   for r in rows if r["kind"] == "anchor"}}
+    service = next((r for r in rows if r["kind"] == "service"), None)
+    if service:
+        summary.update({f"http_speedup_vs_{r['label']}": r["ms_per_image"] / service["ms_per_image"]
+                        for r in rows if r["kind"] == "anchor"})
     return {"benchmark": "anchors", "device": device, "precision": precision, "clock": clock, "size": size,
             "batch": batch,
             "repeats": repeats, "preset": config.name, "sd_vae_config": SD_VAE_CONFIG, "rows": rows,
             "skipped": skipped, "summary": summary}
+
+
+def time_http_decode(checkpoint, device: str, latents: torch.Tensor, repeats: int, clock: str) -> list[float]:
+    """Seconds per ``POST /decode`` of ``latents`` to a started service at its default settings."""
+    from dgae_client import Client  # noqa: PLC0415
+
+    from .service_process import ServiceProcess  # noqa: PLC0415
+
+    body = latents.numpy()
+    with ServiceProcess({"DGAE_CHECKPOINT": str(checkpoint), "DGAE_DEVICE": device}) as url, \
+            Client(url, timeout_s=HTTP_TIMEOUT_S, retries=0) as client:
+        # the service's own clock: the work happens in its process, so only wall time measures it
+        return time_repeats(lambda: client.decode(body), WARMUP, repeats, lambda: None, clock="wall")
 
 
 def decoder_params(config) -> int:
@@ -149,8 +178,10 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
     if batch <= 0 or repeats <= 0:
         raise InputError("--batch and --repeats must be positive")
     precision = "bf16" if device.startswith("cuda") else "fp32"
+    if args.http and args.clock != "wall":
+        raise InputError("--http times another process: use the wall clock (--clock wall)")
     return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock,
-               args.backend)
+               args.backend, args.http)
 
 
 def results_table(report: dict) -> str:
@@ -163,4 +194,6 @@ def results_table(report: dict) -> str:
     s = report.get("summary", {})
     speedups = [f"default ({s['backend']}, {s['default_steps']} steps): {v:.1f}x faster than {k[len('speedup_vs_'):]}"
                 for k, v in s.items() if k.startswith("speedup_vs_")]
+    speedups += [f"{HTTP_LABEL} (service defaults, {s['default_steps']} steps): {v:.1f}x faster than "
+                 f"{k[len('http_speedup_vs_'):]}" for k, v in s.items() if k.startswith("http_speedup_vs_")]
     return "\n".join([title, format_table(headers, rows), *skipped, *speedups])

@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_list, default=None, help="DGAE step counts (default 1,2,4,8)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row")
     p.add_argument("--backend", default="auto", help="DGAE backend (default auto: what a user gets by default)")
+    p.add_argument("--http", action="store_true",
+                   help="also time POST /decode of a started `dgae serve` at its defaults, in the same run")
     add_clock_argument(p)
 
     p = sub.add_parser("sizes", help="encode/decode cost per megapixel and peak RSS vs image size, tiled and untiled")
