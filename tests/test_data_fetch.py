@@ -154,6 +154,9 @@ def test_build_python_photos_then_skip(tmp_path, caplog):
         assert entry["licence"] and entry["source"] in ("scikit-image", "scikit-learn")
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
+    unseen = json.loads((out / "manifest-unseen.json").read_text())  # the evaluation protocol beside it
+    assert unseen["files"] == [e for e in manifest["files"] if e["split"] == "val"]
+    assert not (out / "manifest-val7.json").exists()  # its wallpapers are not in the offline subset
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with caplog.at_level("INFO"):
@@ -165,3 +168,30 @@ def test_build_python_photos_then_skip(tmp_path, caplog):
     assert not fetch.is_up_to_date(out, {**settings, "max_side": 128})  # new cap -> rebuild
     (out / manifest["files"][0]["file"]).write_bytes(b"corrupt")
     assert not fetch.is_up_to_date(out, settings)  # tampered file -> rebuild
+
+
+def test_protocol_manifests_keep_their_order_and_leave_out_trained_photos(tmp_path):
+    from training.data import protocols
+    from training.data.dataset import resolve_files
+
+    def entry(photo_id, split="val"):
+        return {"id": photo_id, "file": photo_id.replace("/", "__") + ".jpg", "split": split}
+
+    trained = next(iter(protocols.TRAINED_ON))
+    files = [entry(i) for i in reversed(protocols.VAL7)] + [entry(trained), entry("x/train", "train"), entry("y/v")]
+    manifest = {"version": 2, "files": files}
+    for f in files:
+        (tmp_path / f["file"]).write_bytes(b"")
+    paths = protocols.write_protocol_manifests(tmp_path, manifest)
+    assert sorted(p.name for p in paths) == ["manifest-unseen.json", "manifest-val7.json"]
+    val7 = json.loads((tmp_path / "manifest-val7.json").read_text())
+    assert [e["id"] for e in val7["files"]] == list(protocols.VAL7)  # the protocol's order, not the set's
+    unseen = [e["id"] for e in json.loads((tmp_path / "manifest-unseen.json").read_text())["files"]]
+    assert trained not in unseen and "x/train" not in unseen
+    assert unseen == [e["id"] for e in files if e["split"] == "val" and e["id"] != trained]
+    assert [p.name for p in resolve_files(tmp_path / "manifest-val7.json", "val")] == [
+        e["file"] for e in val7["files"]]  # what `dgae eval --data manifest-val7.json` reads
+
+    del manifest["files"][0]  # a set without all of val7: no val7 manifest is written
+    (other := tmp_path / "other").mkdir()
+    assert [p.name for p in protocols.write_protocol_manifests(other, manifest)] == ["manifest-unseen.json"]

@@ -38,6 +38,7 @@ from dgae.hashing import file_sha256
 
 from . import dedup
 from .catalogue import SELECTION_VERSION
+from .protocols import write_protocol_manifests
 from .sources import (PhotoSource, debian_sources, largest_variant, licence_for, parse_dep5_licences,  # noqa: F401
                       pypi_sources, python_package_sources)
 
@@ -168,7 +169,9 @@ def fetch(out: Path, max_side: int = DEFAULT_MAX_SIDE, val_fraction: float = DEF
     settings = _settings(max_side, val_fraction, min_val, download, min_side)
     if is_up_to_date(out, settings):
         log.info("%s is up to date; nothing to do", out / MANIFEST_NAME)
-        return json.loads((out / MANIFEST_NAME).read_text())
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        write_protocol_manifests(out, manifest)
+        return manifest
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dgae-fetch-") as tmp:
         cache_dir = cache or Path(tmp) / "cache"
@@ -181,6 +184,7 @@ def fetch(out: Path, max_side: int = DEFAULT_MAX_SIDE, val_fraction: float = DEF
     log.info("wrote %d photos (%d train, %d val) from %d packages to %s; skipped %d", len(manifest["files"]),
              manifest["counts"]["train"], manifest["counts"]["val"], len(manifest["sources"]), out,
              len(manifest["skipped"]))
+    write_protocol_manifests(out, manifest)
     return manifest
 
 
