@@ -11,7 +11,7 @@ PORT ?= 8000
 DATA ?= data/photos
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast test-slow test-docker data bulk-input bulk-demo bench-bulk demo train-default train-base train-gpu distill-gpu eval bench lint clean
+.PHONY: install serve test test-fast test-slow test-docker data bulk-input bulk-demo bench-bulk demo train-default train-base train-gpu distill-gpu eval eval-base bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,9 +104,18 @@ distill-gpu: $(STAMP) data
 	PYTHON=$(PY) STUDENT_STEPS=$(STUDENT_STEPS) EVAL_MINUTES=$(EVAL_MINUTES) \
 		scripts/gpu_distill_default.sh $(DATA) runs/distill-$(STUDENT_STEPS)step $(DISTILL_MINUTES)
 
+# the model card's tables: the bundled default (weights/eval) and the 2-step base (weights/eval/base)
+# on four protocols: 7 centre crops, 28 grid crops (val7), one centre crop of every unseen val photo,
+# and the same photos small (128² crops of photos shrunk to a 256 px short side)
+EVAL_CKPT ?= weights/dgae-small-f8c4.safetensors
+EVAL_OUT ?= weights/eval
 eval: $(STAMP) data
-	$(PY) -m cli eval --data $(DATA) --out weights/eval --crops-per-image 1 --steps 1,2,4,8,16,32
-	$(PY) -m cli eval --data $(DATA) --out weights/eval/grid4 --crops-per-image 4 --steps 1,2,4,8 --no-kid
+	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-val7.json --out $(EVAL_OUT) --crops-per-image 1 --steps 1,2,4
+	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-val7.json --out $(EVAL_OUT)/grid4 --crops-per-image 4 --steps 1,2 --no-kid
+	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-unseen.json --out $(EVAL_OUT)/unseen --crops-per-image 1 --steps 1,2 --no-kid
+	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-unseen.json --out $(EVAL_OUT)/small --crop 128 --max-side 256 --crops-per-image 1 --steps 1,2 --no-kid
+eval-base: $(BASE)
+	$(MAKE) eval EVAL_CKPT=$(BASE) EVAL_OUT=weights/eval/base
 
 .PHONY: model-card
 model-card: $(STAMP)

@@ -289,3 +289,18 @@ def test_photo_target_trains_the_one_step_decode_toward_the_image_itself(tiny_ch
     assert abs(loss.item() - expected.item()) < 1e-6 and "psnr_vs_photo" in parts
     with pytest.raises(ConfigError, match="distill_target must be one of"):
         dataclasses.replace(cfg, distill_target="gan").validate()
+
+
+def test_quarters_are_the_four_half_size_crops_and_the_recipe_checks_them():
+    from training.distill import quarters
+
+    x = torch.arange(2 * 3 * 8 * 6, dtype=torch.float32).reshape(2, 3, 8, 6)
+    q = quarters(x)
+    assert q.shape == (8, 3, 4, 3)
+    for n in range(2):
+        corners = [x[n, :, :4, :3], x[n, :, :4, 3:], x[n, :, 4:, :3], x[n, :, 4:, 3:]]
+        assert all(torch.equal(q[4 * n + i], c) for i, c in enumerate(corners))
+    with pytest.raises(ConfigError, match="quarter_prob must be in"):
+        dataclasses.replace(get_recipe("onestep-mixed"), quarter_prob=1.5).validate()
+    with pytest.raises(ConfigError, match="divisible"):
+        dataclasses.replace(get_recipe("onestep-mixed"), crop_size=48).validate()

@@ -5,7 +5,7 @@ The default is the 2-step base model (stages 1-2 in the model card: ``cpu-defaul
 each start from the previous stage's EMA weights with the encoder frozen, so a latent made by the
 base model decodes with the result::
 
-    base --onestep (8 x 128² crops)--> stage A --onestep-256 (2 x 256² crops)--> released file
+    base --onestep (8 x 128²)--> A --onestep-256 (2 x 256²)--> B --onestep-mixed (256² or 4 x 128² quarters)--> file
 
 Every stage is an ordinary resumable run folder under ``runs``: run this again after a stop (or
 with ``--max-minutes`` chunks) and it carries on where it stopped; a finished stage is not re-run.
@@ -22,6 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+
 from dgae.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from training.config import get_recipe
 from training.distill import DistillTrainer
@@ -29,9 +32,10 @@ from training.trainer import EMA_FILE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STAGES = ("onestep", "onestep-256")  # the bundled default's recipe, in order
-TINY_STAGES = ("onestep-tiny", "onestep-256-tiny")  # the same chain on the tiny preset (tests)
+DEFAULT_STAGES = ("onestep", "onestep-256", "onestep-mixed")  # the bundled default's recipe, in order
+TINY_STAGES = ("onestep-tiny", "onestep-256-tiny", "onestep-mixed-tiny")  # the same chain on the tiny preset (tests)
 HASH_CHUNK = 1 << 20
+SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
 def sha256(path: str | Path) -> str:
@@ -91,7 +95,16 @@ def release(final_ema: str | Path, base: str | Path, stages, out: str | Path,
              "base_sha256": sha256(base)}
     if history:
         extra["history"] = history
-    return save_checkpoint(load_checkpoint(final_ema), out, extra_metadata=extra)
+    # stored like the base (the bundled one is fp16: half the bytes; fp16 -> fp32 -> fp16 is exact,
+    # so the frozen encoder stays bit-identical)
+    return save_checkpoint(load_checkpoint(final_ema), out, dtype=_storage_dtype(base), extra_metadata=extra)
+
+
+def _storage_dtype(path: str | Path) -> torch.dtype:
+    """The floating-point dtype a checkpoint stores its weights in."""
+    with safe_open(str(path), framework="pt") as f:
+        stored = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return next((SAFETENSORS_FLOATS[d] for d in SAFETENSORS_FLOATS if d in stored), torch.float32)
 
 
 def main(argv: list[str] | None = None) -> int:

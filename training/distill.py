@@ -82,6 +82,13 @@ def draw_seeds(n: int) -> list[int]:
     return torch.randint(0, SEED_HIGH, (n,)).tolist()
 
 
+def quarters(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [4N, C, H/2, W/2]: each image's four quarters, as crops of their own."""
+    n, c, h, w = x.shape
+    q = x.reshape(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5)  # [N, 2, 2, C, H/2, W/2]
+    return q.reshape(4 * n, c, h // 2, w // 2)
+
+
 class DistillObjective(nn.Module):
     """``objective(student, x0) -> (loss, parts)`` for :class:`Trainer`; see the module docstring."""
 
@@ -91,6 +98,8 @@ class DistillObjective(nn.Module):
 
     def forward(self, model: DGAE, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, teacher = self.cfg, self.teacher
+        if cfg.quarter_prob and torch.rand(()).item() < cfg.quarter_prob:
+            x0 = quarters(x0)
         seeds = draw_seeds(len(x0))
         with torch.no_grad():
             latents = teacher.encode(x0).float()  # fp32 sampler state for teacher and student alike
