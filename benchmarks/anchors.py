@@ -145,6 +145,7 @@ def time_http_decode(checkpoint, device: str, latents: torch.Tensor, repeats: in
 
     from .service_process import ServiceProcess  # noqa: PLC0415
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     body = latents.numpy()
     with ServiceProcess({"DGAE_CHECKPOINT": str(checkpoint), "DGAE_DEVICE": device}) as url, \
             Client(url, timeout_s=HTTP_TIMEOUT_S, retries=0) as client:
