@@ -30,8 +30,8 @@ from dgae.errors import ConfigError
 
 T_SAMPLING = ("uniform", "logit_normal")
 OBJECTIVES = ("dgae", "distill")  # flow matching + KL + LPIPS | few-step distillation
-DISTILL_TARGETS = ("teacher", "photo")
-QUARTER_MULTIPLE = 16  # a quartered crop's side must stay a multiple of every preset's size multiple  # distill: the teacher's decode, or the original image itself
+DISTILL_TARGETS = ("teacher", "photo")  # distill: the teacher's decode, or the original image itself
+QUARTER_MULTIPLE = 16  # a quartered crop's side must stay a multiple of every preset's size multiple
 
 
 @dataclass(frozen=True)
