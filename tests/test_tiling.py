@@ -24,7 +24,12 @@ SMALL_TILING = dict(decode_tile=32, decode_overlap=16, encode_tile=32, encode_ov
 BATCH_TOL = 1e-5  # conv numerics may differ by batch composition; nothing else may
 MIN_TILED_PSNR_DB = 33.0  # tiled vs untiled decode of the same latent + seed (issue 13)
 MIN_TILED_ENCODE_PSNR_DB = 35.0  # decodes of tiled vs untiled encodes (issue 24: 272 px encode tiles)
-MAX_SEAM_RATIO = 1.15  # mean step across blend lines / elsewhere (issue 13)
+# Seams: the mean step across the decode tiles' blend lines / elsewhere (dgae.tiling.seam_ratio), of
+# the tiled decode minus that of the same latent decoded whole. The lines fall on latent cell edges
+# (multiples of 8 px), where a decoder's own output steps a little too, with no tiling at all:
+# 1.082 for the 2-step base, 1.160 for the one-step default on this photo. Tiling added 0.042 and
+# 0.047 to those (1.124 and 1.207), so the bar is on what tiling adds (issue 13's 1.15 was absolute).
+MAX_SEAM_EXCESS = 0.06
 ONE_LEVEL = 1
 
 
@@ -166,9 +171,11 @@ def test_tiled_encode_of_a_real_photo_decodes_like_untiled(bundled):
 @pytest.mark.slow
 def test_no_visible_seams_on_a_1024_round_trip(bundled):
     rgb = skimage_photo("astronaut.png", 1024)
-    out = to_uint8(bundled.decode(bundled.encode(to_tensor([rgb])), 1, [0]))[0]
+    latents = bundled.encode(to_tensor([rgb]))
+    tiled = to_uint8(bundled.decode(latents, 1, [0]))[0]
+    whole = to_uint8(bundled.decode(latents, 1, [0], tile="off"))[0]
     t = bundled.config.tiling
     grid = TileGrid.build(1024, 1024, t.decode_tile, t.decode_overlap)
     assert grid.tiled
-    ratio = seam_ratio(out, grid)
-    assert ratio <= MAX_SEAM_RATIO, f"seam ratio {ratio:.3f}"
+    excess = seam_ratio(tiled, grid) - seam_ratio(whole, grid)
+    assert excess <= MAX_SEAM_EXCESS, f"tiling adds {excess:.3f} to the seam ratio"
