@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from dgae.checkpoint import load_checkpoint
-from training.default import sha256
-from formats.images import to_uint8
+from dgae.hashing import file_sha256
+from evaluation.evaluate import quantize
 from training.metrics.image_quality import psnr
 
 CROP = 128  # px, a centre crop at the photo's own resolution
@@ -36,7 +36,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def psnr_8bit(decoded: torch.Tensor, image: np.ndarray) -> float:
     """PSNR (dB) of a decode rounded to 8-bit levels, as ``dgae eval`` scores it."""
-    return float(psnr(to_tensor(to_uint8(decoded)[0]), to_tensor(image))[0])
+    return float(psnr(quantize(decoded[:1]), to_tensor(image))[0])
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         latent = model.encode(to_tensor(image))
         scores = {steps: psnr_8bit(model.decode(latent, steps=steps, seeds=SEED), image)
                   for steps in (1, model.config.sampler.default_steps)}
-    np.savez_compressed(args.out, image=image, latent=latent.numpy(), base_sha256=sha256(args.checkpoint),
+    np.savez_compressed(args.out, image=image, latent=latent.numpy(), base_sha256=file_sha256(args.checkpoint),
                         psnr_1step=scores[1], psnr_default=scores[model.config.sampler.default_steps],
                         default_steps=model.config.sampler.default_steps)
     print(f"wrote {args.out}: latent {tuple(latent.shape)}, PSNR {scores}")

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from dgae.checkpoint import BUNDLED_CHECKPOINT, load_checkpoint, read_metadata, save_checkpoint
+from dgae.hashing import file_sha256
 from dgae.model import DGAE
 from dgae.presets import get_preset
 from scripts.make_encoder_fixture import SEED, psnr_8bit, to_tensor
 from test_distill import make_photo_set
 from training.config import get_recipe
 from training.metrics.thumbnail import thumbnail_baseline, thumbnail_side
-from training.default import TINY_STAGES, main, release, sha256, train_stages
+from training.default import TINY_STAGES, main, release, train_stages
 
 FIXTURE = Path(__file__).parent / "fixtures" / "base_latent.npz"
 # The base encoder's latent must come back from the bundled encoder up to float rounding
@@ -37,18 +38,18 @@ STOP_AT_ONCE = 1e-9  # --max-minutes that stops after the first step
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("default_photos")
-    make_photo_set(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
     meta = {"trained_steps": "7", "training_stages": json.dumps([{"stage": 1, "recipe": "tiny", "steps": 7}])}
     return save_checkpoint(DGAE(get_preset("tiny")), path, extra_metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("default_photos")
+    make_photo_set(root)
+    return root
 
 
 def tiny_chain(base, photos, runs, max_minutes=None):
@@ -76,7 +77,7 @@ def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, photos, tmp_path
     assert [s["steps"] for s in stages] == [7] + [TINY_STEPS["max_steps"]] * len(TINY_STAGES)
     for recorded, recipe in zip(stages[1:], TINY_STAGES):
         assert recorded["train_config"] == json.loads(dataclasses.replace(get_recipe(recipe), **TINY_STEPS).to_json())
-    assert meta["base_sha256"] == sha256(base)
+    assert meta["base_sha256"] == file_sha256(base)
     assert int(meta["trained_steps"]) == 7 + len(TINY_STAGES) * TINY_STEPS["max_steps"]
 
 
@@ -87,8 +88,8 @@ def test_tiny_chain_resumes_after_a_stop(base, photos, tmp_path):
     final = tiny_chain(base, photos, runs)
     assert final is not None and final.parent.name == f"stage{len(TINY_STAGES)}-{TINY_STAGES[-1]}"
     assert read_metadata(final)["trained_steps"] == str(TINY_STEPS["max_steps"])
-    before = sha256(final)
-    assert tiny_chain(base, photos, runs) == final and sha256(final) == before  # finished: not re-run
+    before = file_sha256(final)
+    assert tiny_chain(base, photos, runs) == final and file_sha256(final) == before  # finished: not re-run
 
 
 def test_command_line_reports_an_unfinished_chain(base, photos, tmp_path, capsys):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -26,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from dgae.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from dgae.hashing import file_sha256
 from training.config import get_recipe
 from training.distill import DistillTrainer
 from training.trainer import EMA_FILE
@@ -34,16 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STAGES = ("onestep", "onestep-256", "onestep-mixed")  # the bundled default's recipe, in order
 TINY_STAGES = ("onestep-tiny", "onestep-256-tiny", "onestep-mixed-tiny")  # the same chain on the tiny preset (tests)
-HASH_CHUNK = 1 << 20
 SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stage_dir(runs: Path, index: int, recipe: str) -> Path:
@@ -82,17 +73,17 @@ def train_stages(base: str | Path, data: str | Path, runs: str | Path, stages=DE
 def release(final_ema: str | Path, base: str | Path, stages, out: str | Path,
             history: str | None = None) -> Path:
     """Write the bundled file: the last stage's EMA weights, the base's stages followed by these."""
-    base_meta = read_metadata(base)
+    base_meta, base_sha256 = read_metadata(base), file_sha256(base)
     recorded = json.loads(base_meta.get("training_stages", "[]"))
     runs = Path(final_ema).parent.parent
     for i, recipe in enumerate(stages):
         meta = read_metadata(_stage_dir(runs, i, recipe) / EMA_FILE)
         recorded.append({"stage": len(recorded) + 1, "recipe": recipe, "steps": int(meta["trained_steps"]),
-                         "init": "previous stage's EMA" if i else f"base sha256 {sha256(base)}",
+                         "init": "previous stage's EMA" if i else f"base sha256 {base_sha256}",
                          "train_config": json.loads(meta["train_config"])})
     trained = int(base_meta.get("trained_steps", "0")) + sum(s["steps"] for s in recorded[-len(stages):])
     extra = {"weights": "ema", "trained_steps": str(trained), "training_stages": json.dumps(recorded),
-             "base_sha256": sha256(base)}
+             "base_sha256": base_sha256}
     if history:
         extra["history"] = history
     # stored like the base (the bundled one is fp16: half the bytes; fp16 -> fp32 -> fp16 is exact,
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print("not finished: run the same command again to resume")
         return 3
     path = release(final, args.base, stages, args.out)
-    print(f"released {path} (sha256 {sha256(path)})")
+    print(f"released {path} (sha256 {file_sha256(path)})")
     return 0
 
 
