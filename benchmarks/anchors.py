@@ -8,8 +8,10 @@ Anchors (random init: weights do not change speed), built with diffusers:
 DGAE rows: the checkpoint decoded by the backend a user gets by default (``backend=auto``: on CPU
 ONNX Runtime with the cached export, see backends.factory) at each step count (Euler: one U-Net
 pass per step), the model's default step count marked; ``--backend torch`` for the eager model.
-Every row also carries its counted FLOPs per image (meta device, no compute). The summary gives
-the default row's speed-up over each anchor, measured in the same run.
+Every row also carries its counted FLOPs per image (meta device, no compute). All rows are timed
+in the same rounds, one call of each per round in a rotating order, so a slow minute on a shared
+machine lands on every row alike; the summary gives the default row's speed-up over each anchor
+as the median of the per-round ratios, with their range (each row keeps its ``round_ms``).
 
 ``--http`` adds what a client of the service gets: ``dgae serve`` started with this checkpoint and
 nothing else set (a :class:`~benchmarks.service_process.ServiceProcess`), timed ``POST /decode``
@@ -19,7 +21,9 @@ the anchors measured in this process, in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,7 +31,7 @@ from dgae.errors import InputError
 
 from .flops import decoder_pass_flops, denoiser_calls
 from .inputs import image_batch
-from .report import MS_PER_S, fmt, format_table, latency_summary, synchronizer, time_repeats
+from .report import MS_PER_S, fmt, format_table, latency_summary, paired_ratio, synchronizer, time_interleaved
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GIGA = 1e9
 HTTP_LABEL = "dgae POST /decode"
 HTTP_TIMEOUT_S = 600.0
+PREFIX = "speedup_vs_"
+TIMING = "interleaved: one call of every row per round; speed-ups are medians of per-round ratios"
 
 
 def build_anchors() -> dict[str, torch.nn.Module]:
@@ -82,10 +88,16 @@ def count_flops(module: torch.nn.Module, z: torch.Tensor) -> float | None:
 @torch.no_grad()  # scoped: in-process callers (tests, notebooks) keep autograd
 def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], repeats: int,
         precision: str, clock: str = "wall", backend_kind: str = "auto", http: bool = False) -> dict:
+    """Every row timed in the same ``repeats`` rounds (:func:`~benchmarks.report.time_interleaved`),
+    so each speed-up is the median of the ratios of calls made in the same round."""
     from backends.factory import create_backend  # noqa: PLC0415
 
+    if http and clock != "wall":
+        raise InputError("--http times another process: use the wall clock (--clock wall)")
     sync, dtype = synchronizer(device), PRECISIONS[precision]
-    rows, skipped = [], {}
+    timed: dict[str, Callable[[], object]] = {}
+    rows: dict[str, dict] = {}  # label -> the row's fields but its timings
+    skipped: dict[str, str] = {}
     gen = torch.Generator().manual_seed(ANCHOR_SEED)
     z = torch.randn(batch, ANCHOR_CHANNELS, size // ANCHOR_FACTOR, size // ANCHOR_FACTOR, generator=gen)
     try:
@@ -95,52 +107,55 @@ def run(checkpoint, device: str, size: int, batch: int, steps: tuple[int, ...], 
         skipped["sd-vae"] = skipped["taesd"] = f"diffusers not installed ({exc}); pip install diffusers"
     for name, module in anchors.items():
         module = module.to(device=device, dtype=dtype).eval()
-        params = sum(p.numel() for p in module.parameters())
         zd = z.to(device=device, dtype=dtype)
-        seconds = time_repeats(lambda m=module, x=zd: m(x), WARMUP, repeats, sync, clock=clock)
-        rows.append(make_row(name, "anchor", batch, seconds, params, count_flops(module, zd[:1]), None))
-        del module
+        timed[name] = lambda m=module, x=zd: m(x)
+        rows[name] = {"kind": "anchor", "params": sum(p.numel() for p in module.parameters()),
+                      "flops": count_flops(module, zd[:1]), "steps": None}
     backend = create_backend(backend_kind, checkpoint, device=device, precision=precision)
     info = backend.info()
     images, _ = image_batch(batch, size)
     latents = backend.encode(images)
     config = backend.config
     default_steps = config.sampler.default_steps
-    steps = tuple(sorted({*steps, default_steps}))
     pass_flops = decoder_pass_flops(config, size, size)
     dec_params = decoder_params(config)
-    for k in steps:
-        seconds = time_repeats(lambda k=k: backend.decode(latents, steps=k, seeds=0), WARMUP, repeats, sync,
-                               clock=clock)
-        row = make_row(f"dgae {k} step{'s' if k > 1 else ''}", "dgae", batch, seconds, dec_params,
-                       pass_flops * denoiser_calls(config, k), k)
-        rows.append({**row, "backend": info.name, "default": k == default_steps})
+    for k in sorted({*steps, default_steps}):
+        label = f"dgae {k} step{'s' if k > 1 else ''}"
+        timed[label] = lambda k=k: backend.decode(latents, steps=k, seeds=0)
+        rows[label] = {"kind": "dgae", "params": dec_params, "flops": pass_flops * denoiser_calls(config, k),
+                       "steps": k, "extra": {"backend": info.name, "default": k == default_steps}}
+    with contextlib.ExitStack() as stack:
+        if http:
+            timed[HTTP_LABEL] = stack.enter_context(service_decoder(checkpoint, device, latents))
+            rows[HTTP_LABEL] = {"kind": "service", "params": dec_params,
+                                "flops": pass_flops * denoiser_calls(config, default_steps), "steps": default_steps,
+                                "extra": {"backend": "service defaults", "default": False}}
+        seconds = time_interleaved(timed, WARMUP, repeats, sync, clock=clock)
     backend.close()
-    if http:
-        seconds = time_http_decode(checkpoint, device, latents, repeats, clock)
-        rows.append({**make_row(HTTP_LABEL, "service", batch, seconds, dec_params,
-                                pass_flops * denoiser_calls(config, default_steps), default_steps),
-                     "backend": "service defaults", "default": False})
-    sd_ms = next((r["ms_per_image"] for r in rows if r["label"] == "sd-vae"), None)
-    for r in rows:
+    rows_out = [{**make_row(label, r["kind"], batch, seconds[label], r["params"], r["flops"], r["steps"]),
+                 **r.get("extra", {})} for label, r in rows.items()]
+    sd_ms = next((r["ms_per_image"] for r in rows_out if r["label"] == "sd-vae"), None)
+    for r in rows_out:
         r["cost_vs_sd_vae"] = r["ms_per_image"] / sd_ms if sd_ms else None
-    default = next(r for r in rows if r["kind"] == "dgae" and r["steps"] == default_steps)
+    default = next(r for r in rows_out if r["kind"] == "dgae" and r["steps"] == default_steps)
     summary = {"backend": info.name, "backend_reason": getattr(backend, "auto_reason", backend_kind),
-               "default_steps": default_steps, "default_ms_per_image": default["ms_per_image"],
-               **{f"speedup_vs_{r['label']}": r["ms_per_image"] / default["ms_per_image"]
-                  for r in rows if r["kind"] == "anchor"}}
-    service = next((r for r in rows if r["kind"] == "service"), None)
-    if service:
-        summary.update({f"http_speedup_vs_{r['label']}": r["ms_per_image"] / service["ms_per_image"]
-                        for r in rows if r["kind"] == "anchor"})
+               "default_steps": default_steps, "default_ms_per_image": default["ms_per_image"], "rounds": repeats}
+    for name in anchors:
+        paired = paired_ratio(seconds[name], seconds[default["label"]])
+        summary[PREFIX + name] = paired["median"]
+        summary[f"speedup_range_vs_{name}"] = [paired["min"], paired["max"]]
+        if http:
+            summary[f"http_{PREFIX}{name}"] = paired_ratio(seconds[name], seconds[HTTP_LABEL])["median"]
     return {"benchmark": "anchors", "device": device, "precision": precision, "clock": clock, "size": size,
-            "batch": batch,
-            "repeats": repeats, "preset": config.name, "sd_vae_config": SD_VAE_CONFIG, "rows": rows,
-            "skipped": skipped, "summary": summary}
+            "batch": batch, "repeats": repeats, "timing": TIMING, "preset": config.name,
+            "sd_vae_config": SD_VAE_CONFIG, "rows": rows_out, "skipped": skipped, "summary": summary}
 
 
-def time_http_decode(checkpoint, device: str, latents: torch.Tensor, repeats: int, clock: str) -> list[float]:
-    """Seconds per ``POST /decode`` of ``latents`` to a started service at its default settings."""
+@contextlib.contextmanager
+def service_decoder(checkpoint, device: str, latents: torch.Tensor) -> Iterator[Callable[[], object]]:
+    """A started ``dgae serve`` (this checkpoint, nothing else set) and a call that sends it one
+    ``POST /decode`` of ``latents`` at its defaults; the service is stopped on exit. Its work
+    happens in its process, so only the wall clock measures it."""
     from dgae_client import Client  # noqa: PLC0415
 
     from .service_process import ServiceProcess  # noqa: PLC0415
@@ -149,8 +164,7 @@ def time_http_decode(checkpoint, device: str, latents: torch.Tensor, repeats: in
     body = latents.numpy()
     with ServiceProcess({"DGAE_CHECKPOINT": str(checkpoint), "DGAE_DEVICE": device}) as url, \
             Client(url, timeout_s=HTTP_TIMEOUT_S, retries=0) as client:
-        # the service's own clock: the work happens in its process, so only wall time measures it
-        return time_repeats(lambda: client.decode(body), WARMUP, repeats, lambda: None, clock="wall")
+        yield lambda: client.decode(body)
 
 
 def decoder_params(config) -> int:
@@ -165,6 +179,7 @@ def make_row(label: str, kind: str, batch: int, seconds: list[float], params: in
              steps: int | None) -> dict:
     lat = latency_summary(seconds)
     return {"label": label, "kind": kind, "steps": steps, "params": params, "latency": lat,
+            "round_ms": [s * MS_PER_S for s in seconds],
             "ms_per_image": lat["p50_ms"] / batch, "images_per_s": batch * MS_PER_S / lat["p50_ms"],
             "gflops_per_image": None if flops_per_image is None else flops_per_image / GIGA}
 
@@ -179,8 +194,6 @@ def run_from_args(args: argparse.Namespace, checkpoint, device: str) -> dict:
     if batch <= 0 or repeats <= 0:
         raise InputError("--batch and --repeats must be positive")
     precision = "bf16" if device.startswith("cuda") else "fp32"
-    if args.http and args.clock != "wall":
-        raise InputError("--http times another process: use the wall clock (--clock wall)")
     return run(checkpoint, device, size, batch, tuple(args.steps or STEPS), repeats, precision, args.clock,
                args.backend, args.http)
 
@@ -193,8 +206,13 @@ def results_table(report: dict) -> str:
              f"DGAE preset {report['preset']}, {report.get('clock', 'wall')} clock")
     skipped = [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
     s = report.get("summary", {})
-    speedups = [f"default ({s['backend']}, {s['default_steps']} steps): {v:.1f}x faster than {k[len('speedup_vs_'):]}"
-                for k, v in s.items() if k.startswith("speedup_vs_")]
-    speedups += [f"{HTTP_LABEL} (service defaults, {s['default_steps']} steps): {v:.1f}x faster than "
-                 f"{k[len('http_speedup_vs_'):]}" for k, v in s.items() if k.startswith("http_speedup_vs_")]
+    speedups, n = [], s.get("default_steps")
+    steps = f"{n} step{'' if n == 1 else 's'}"
+    for name in (k[len(PREFIX):] for k in s if k.startswith(PREFIX)):
+        low, high = s[f"speedup_range_vs_{name}"]
+        speedups.append(f"default ({s['backend']}, {steps}): {s[PREFIX + name]:.1f}x faster than "
+                        f"{name} (median of {s['rounds']} rounds; range {fmt(low, '.1f')}-{fmt(high, '.1f')})")
+        if f"http_{PREFIX}{name}" in s:
+            speedups.append(f"{HTTP_LABEL} (service defaults, {steps}): "
+                            f"{s[f'http_{PREFIX}{name}']:.1f}x faster than {name}")
     return "\n".join([title, format_table(headers, rows), *skipped, *speedups])

@@ -63,6 +63,36 @@ def time_repeats(fn: Callable[[], Any], warmup: int, repeats: int, sync: Callabl
     return out
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, rounds: int, sync: Callable[[], None],
+                     clock: str = "wall") -> dict[str, list[float]]:
+    """Time several callables in rounds: each round calls every one once, starting one further
+    along each round (no fixed neighbour), so machine drift lands on all of them alike and
+    ``seconds[a][i] / seconds[b][i]`` is a ratio of two calls made within the same round.
+    Returns label -> seconds per round (``rounds`` of them), after ``warmup`` untimed calls each."""
+    labels = list(fns)
+    for label in labels:
+        for _ in range(warmup):
+            fns[label]()
+    sync()
+    now = CLOCKS[clock]
+    out: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            start = now()
+            fns[label]()
+            sync()
+            out[label].append(now() - start)
+    return out
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of the per-round ratios of two series timed by :func:`time_interleaved`."""
+    ratios = [a / b for a, b in zip(numerator, denominator) if b > 0]
+    if not ratios:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 

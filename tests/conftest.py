@@ -31,6 +31,16 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def gradient_photos(tmp_path_factory):
+    """A small synthetic photo set with a train/val manifest (tests/photo_cases.py); read-only."""
+    from photo_cases import make_photo_set
+
+    root = tmp_path_factory.mktemp("gradient_photos")
+    make_photo_set(root)
+    return root
+
+
 @pytest.fixture()
 def tiny_model(tiny_checkpoint):
     from dgae.checkpoint import load_checkpoint

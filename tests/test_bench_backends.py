@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import throughput
-from benchmarks.report import latency_summary, percentile, time_repeats
+from benchmarks.report import latency_summary, paired_ratio, percentile, time_interleaved, time_repeats
 from cli import main as cli
 
 TINY_GRID = throughput.Grid(sizes=(32,), batches=(1, 2), steps=(1, 2), steps_sizes=1, warmup=0, repeats=1)
@@ -30,6 +30,20 @@ def test_time_repeats_counts_calls_and_keeps_going_until_min_seconds():
     out = time_repeats(lambda: calls.append(1), warmup=0, repeats=1, sync=lambda: None,
                        min_seconds=10.0, max_repeats=7)
     assert len(out) == 7                                   # capped by max_repeats
+
+
+def test_time_interleaved_calls_each_once_per_round_in_a_rotating_order():
+    calls = []
+    out = time_interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, warmup=1, rounds=4, sync=lambda: None)
+    assert calls[:3] == list("abc")                        # warm-up, once each
+    assert calls[3:] == list("abc" "bca" "cab" "abc")      # round r starts r further along
+    assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    r = paired_ratio([10.0, 30.0, 12.0], [1.0, 2.0, 1.0])
+    assert r == {"median": 12.0, "min": 10.0, "max": 15.0, "n": 3}
+    assert r["median"] != 52.0 / 4.0                       # not the ratio of the sums
 
 
 def test_grid_sweeps_steps_only_on_the_first_sizes():

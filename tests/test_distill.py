@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,14 +20,6 @@ from training.config import TrainConfig, get_recipe
 from training.distill import DistillTrainer, compare_decodes, unrolled_decode
 
 log = logging.getLogger(__name__)
-
-# --- the synthetic photo set -------------------------------------------------------------------
-PHOTO_SIZE = (96, 128)  # H, W
-TRAIN_PHOTOS, VAL_PHOTOS = 6, 2
-DISCS_PER_PHOTO = 3
-DISC_RADIUS = (10.0, 30.0)
-PHOTO_NOISE_STD = 4.0  # 8-bit levels of texture on top of the gradient and discs
-PHOTO_SEED = 0
 
 # --- the tiny teacher: a short normal training run --------------------------------------------
 TEACHER_TRAIN = {"--max-steps": 200, "--batch-size": 8, "--lr": 3e-3, "--lr-min": 3e-4, "--eta": 0.0,
@@ -49,36 +40,6 @@ MIN_PSNR_GAIN_DB = 3.0
 MAX_LPIPS_RATIO = 0.4
 TORCH_THREADS = 1  # one thread: far faster than two on an oversubscribed 2-core CI machine
 ORT_DECODE_TOL = 1e-3  # as tests/test_backends_onnxruntime.py
-
-
-def make_photo_set(root) -> None:
-    """Gradients with a few flat discs and mild noise, in manifest form (train / val by photo)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(PHOTO_SEED)
-    h, w = PHOTO_SIZE
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    files = []
-    for i in range(TRAIN_PHOTOS + VAL_PHOTOS):
-        angle = rng.uniform(0, 2 * np.pi)
-        g = np.cos(angle) * xx / w + np.sin(angle) * yy / h
-        g = ((g - g.min()) / (g.max() - g.min()))[..., None]
-        img = rng.uniform(0, 255, 3) * (1 - g) + rng.uniform(0, 255, 3) * g
-        for _ in range(DISCS_PER_PHOTO):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(*DISC_RADIUS)
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-        img += rng.normal(0, PHOTO_NOISE_STD, img.shape)
-        name = f"p{i}.png"
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name)
-        files.append({"file": name, "split": "train" if i < TRAIN_PHOTOS else "val"})
-    (root / "manifest.json").write_text(json.dumps({"version": 1, "files": files}))
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill_photos")
-    make_photo_set(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -132,27 +93,27 @@ def test_unrolled_decode_gradients_match_a_functional_euler_loop(tiny_model, one
 
 
 # --- the recipe's checks -----------------------------------------------------------------------
-def test_distill_config_errors(photos, tiny_checkpoint, tmp_path):
+def test_distill_config_errors(gradient_photos, tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="student_steps < teacher_steps"):
         TrainConfig(objective="distill", teacher_steps=2, student_steps=2).validate()
     with pytest.raises(ConfigError, match="objective"):
         TrainConfig(objective="consistency").validate()
     cfg = get_recipe("distill-tiny")
     with pytest.raises(ConfigError, match="--init"):
-        DistillTrainer(cfg, str(photos), tmp_path / "a", device="cpu")
+        DistillTrainer(cfg, str(gradient_photos), tmp_path / "a", device="cpu")
     too_many = get_preset("tiny").sampler.max_steps + 1
     with pytest.raises(ConfigError, match="max_steps"):
-        DistillTrainer(dataclasses.replace(cfg, teacher_steps=too_many), str(photos), tmp_path / "b",
+        DistillTrainer(dataclasses.replace(cfg, teacher_steps=too_many), str(gradient_photos), tmp_path / "b",
                        device="cpu", init_checkpoint=str(tiny_checkpoint))
 
 
-def test_distill_resumes_and_keeps_teacher_and_encoder(photos, tiny_checkpoint, tmp_path, one_thread):
+def test_distill_resumes_and_keeps_teacher_and_encoder(gradient_photos, tiny_checkpoint, tmp_path, one_thread):
     """Interrupted at step 2 of 4 and resumed: the step count continues, the encoder (frozen) is the
     teacher's in the checkpoint, the decoder has moved, and sampler.default_steps is the student's."""
     cfg = dataclasses.replace(get_recipe("distill-tiny"), max_steps=4, ckpt_every=NEVER, sample_every=NEVER,
                               log_every=1)
     out = tmp_path / "run"
-    first = DistillTrainer(cfg, str(photos), out, device="cpu", init_checkpoint=str(tiny_checkpoint))
+    first = DistillTrainer(cfg, str(gradient_photos), out, device="cpu", init_checkpoint=str(tiny_checkpoint))
     step_fn = first.train_step
 
     def interrupt_at_2(x0):
@@ -162,7 +123,7 @@ def test_distill_resumes_and_keeps_teacher_and_encoder(photos, tiny_checkpoint, 
 
     first.train_step = interrupt_at_2
     assert first.train() == 2
-    resumed = DistillTrainer(cfg, str(photos), out, device="cpu", init_checkpoint=str(tiny_checkpoint))
+    resumed = DistillTrainer(cfg, str(gradient_photos), out, device="cpu", init_checkpoint=str(tiny_checkpoint))
     assert resumed.train() == 4
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("psnr_vs_teacher" in r for r in rows)
@@ -177,21 +138,22 @@ def test_distill_resumes_and_keeps_teacher_and_encoder(photos, tiny_checkpoint, 
 
 # --- end to end on the tiny preset -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def distilled(photos, tmp_path_factory, one_thread):
+def distilled(gradient_photos, tmp_path_factory, one_thread):
     """Train a tiny teacher, distill a 1-step student from its 4-step decode (both via `dgae
     train`), and score both on the held-out photos' crops."""
     from training.data.dataset import ImageFolderDataset
     from training.metrics.lpips import LPIPS
 
     runs = tmp_path_factory.mktemp("distill_runs")
-    common = ["--data", str(photos), "--device", "cpu", "--ckpt-every", str(NEVER), "--sample-every", str(NEVER)]
+    common = ["--data", str(gradient_photos), "--device", "cpu", "--ckpt-every", str(NEVER),
+              "--sample-every", str(NEVER)]
     _dgae("train", "--recipe", "tiny", "--out", str(runs / "teacher"), *common, *_flags(TEACHER_TRAIN))
     teacher_ckpt = runs / "teacher" / "ema.safetensors"
     _dgae("train", "--recipe", "distill-tiny", "--init", str(teacher_ckpt), "--out", str(runs / "student"),
           "--teacher-steps", str(TEACHER_STEPS), "--student-steps", str(STUDENT_STEPS), *common,
           *_flags(DISTILL_TRAIN))
     student_ckpt = runs / "student" / "ema.safetensors"
-    val = ImageFolderDataset(photos, split="val", crop_size=EVAL_CROP, train=False,
+    val = ImageFolderDataset(gradient_photos, split="val", crop_size=EVAL_CROP, train=False,
                              max_side=get_recipe("tiny").max_side, crops_per_image=EVAL_CROPS_PER_PHOTO)
     crops = torch.stack([val[i] for i in range(len(val))])
     scores = compare_decodes(load_checkpoint(teacher_ckpt), load_checkpoint(student_ckpt), crops, TEACHER_STEPS,
@@ -244,7 +206,7 @@ SCRIPT_MINUTES = "0.05"
 SCRIPT_TIMEOUT_S = 600
 
 
-def test_gpu_distill_script_runs_on_cpu(photos, tiny_checkpoint, tmp_path):
+def test_gpu_distill_script_runs_on_cpu(gradient_photos, tiny_checkpoint, tmp_path):
     """scripts/gpu_distill_default.sh with the tiny recipe on the CPU: distils within its budget,
     writes the fp16 student (default steps = the student's), both evaluations and the summary."""
     import os
@@ -258,8 +220,9 @@ def test_gpu_distill_script_runs_on_cpu(photos, tiny_checkpoint, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, RECIPE="distill-tiny", INIT=str(tiny_checkpoint),
                PROBE_STEPS=str(SCRIPT_PROBE_STEPS), DEVICE="cpu", STARTUP_S="0", TRAIN_ARGS="--workers 0",
                EVAL_ARGS=f"--crop {EVAL_CROP} --max-side {cfg.max_side}", OMP_NUM_THREADS=str(TORCH_THREADS))
-    proc = subprocess.run([str(repo / "scripts/gpu_distill_default.sh"), str(photos), str(run), SCRIPT_MINUTES],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False)
+    script = repo / "scripts/gpu_distill_default.sh"
+    proc = subprocess.run([str(script), str(gradient_photos), str(run), SCRIPT_MINUTES], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = load_checkpoint(run / "ema-fp16.safetensors")
     assert student.config.sampler.default_steps == cfg.student_steps

@@ -16,6 +16,7 @@ import signal
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,7 @@ SERVER_LINE = re.compile(r"server\s+\S+\s+resolve\s+(?P<params>[^;]*);")
 VARIABLE = re.compile(r"\$\{(DGAE_[A-Z0-9_]+)\}")
 BODY_LIMIT = 256 * 1024  # rendered into nginx AND given to the replicas, as compose does
 REQUESTS = 6
+LOG_WAIT_S, LOG_POLL_S = 10.0, 0.05  # how long to wait for nginx's access-log lines, and how often to look
 TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (apt-get install -y nginx)")
@@ -171,14 +173,20 @@ def encode(cluster: dict, n: int) -> list[httpx.Response]:
                 for i in range(n)]
 
 
-def served_by(log: Path, path: str) -> list[str]:
-    """The replica (last upstream tried) of each logged request to ``path`` with status 200."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = re.search(rf'"POST {re.escape(path)} HTTP/[0-9.]+" 200 .*upstream=(?P<up>.*?) upstream_status=', line)
-        if m:
-            out.append(m["up"].split(", ")[-1])
-    return out
+def served_by(log: Path, path: str, at_least: int = 0) -> list[str]:
+    """The replica (last upstream tried) of each logged request to ``path`` with status 200, once
+    ``at_least`` of them are logged (or after LOG_WAIT_S): nginx writes a request's access-log line
+    after it has sent the response, so a client can read the log before the line is there."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        out = []
+        for line in log.read_text(errors="replace").splitlines():
+            m = re.search(rf'"POST {re.escape(path)} HTTP/[0-9.]+" 200 .*upstream=(?P<up>.*?) upstream_status=', line)
+            if m:
+                out.append(m["up"].split(", ")[-1])
+        if len(out) >= at_least or time.monotonic() > deadline:
+            return out
+        time.sleep(LOG_POLL_S)
 
 
 @pytest.mark.server
@@ -186,7 +194,7 @@ def test_requests_are_spread_over_both_replicas(cluster):
     responses = encode(cluster, REQUESTS)
     assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
     assert len({r.headers["X-DGAE-Shape"] for r in responses}) == 1
-    replicas = set(served_by(cluster["nginx_log"], "/encode"))
+    replicas = set(served_by(cluster["nginx_log"], "/encode", at_least=REQUESTS))
     assert replicas == {f"127.0.0.1:{p}" for p in cluster["ports"]}, replicas  # both, never the loading one
     log = cluster["nginx_log"].read_text(errors="replace")
     assert re.search(rf"upstream=[^\n]*127\.0\.0\.1:{cluster['loading_port']}[^\n]*upstream_status=503", log), \
@@ -217,7 +225,7 @@ def test_open_inference_protocol_goes_through_the_balancer(cluster):
     assert r.status_code == 200, r.text
     _, arrays = read_binary_response(r.content, int(r.headers["Inference-Header-Content-Length"]))
     assert arrays["images"].shape == (1, 16, 16, 3)
-    assert served_by(cluster["nginx_log"], infer_path(DECODER))
+    assert served_by(cluster["nginx_log"], infer_path(DECODER), at_least=1)
 
 
 @pytest.mark.server
@@ -227,7 +235,8 @@ def test_a_killed_replica_is_routed_around(cluster):
     before = len(served_by(cluster["nginx_log"], "/encode"))
     responses = encode(cluster, REQUESTS)
     assert [r.status_code for r in responses] == [200] * REQUESTS, [r.text for r in responses if r.status_code != 200]
-    assert set(served_by(cluster["nginx_log"], "/encode")[before:]) == {f"127.0.0.1:{survivor}"}
+    after = served_by(cluster["nginx_log"], "/encode", at_least=before + REQUESTS)
+    assert set(after[before:]) == {f"127.0.0.1:{survivor}"}
 
 
 class LoadingThenReadyHandler(http.server.BaseHTTPRequestHandler):

@@ -18,7 +18,6 @@ from dgae.hashing import file_sha256
 from dgae.model import DGAE
 from dgae.presets import get_preset
 from scripts.make_encoder_fixture import SEED, psnr_8bit, to_tensor
-from test_distill import make_photo_set
 from training.config import get_recipe
 from training.metrics.thumbnail import thumbnail_baseline, thumbnail_side
 from training.default import TINY_STAGES, main, release, train_stages
@@ -45,22 +44,15 @@ def base(tmp_path_factory) -> Path:
     return save_checkpoint(DGAE(get_preset("tiny")), path, extra_metadata=meta)
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("default_photos")
-    make_photo_set(root)
-    return root
-
-
-def tiny_chain(base, photos, runs, max_minutes=None):
+def tiny_chain(base, gradient_photos, runs, max_minutes=None):
     torch.set_num_threads(1)
-    return train_stages(base, photos, runs, TINY_STAGES, "cpu", max_minutes, overrides=TINY_STEPS)
+    return train_stages(base, gradient_photos, runs, TINY_STAGES, "cpu", max_minutes, overrides=TINY_STEPS)
 
 
-def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, photos, tmp_path):
+def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, gradient_photos, tmp_path):
     out_a, out_b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    release(tiny_chain(base, photos, tmp_path / "runs_a"), base, TINY_STAGES, out_a)
-    release(tiny_chain(base, photos, tmp_path / "runs_b"), base, TINY_STAGES, out_b)
+    release(tiny_chain(base, gradient_photos, tmp_path / "runs_a"), base, TINY_STAGES, out_a)
+    release(tiny_chain(base, gradient_photos, tmp_path / "runs_b"), base, TINY_STAGES, out_b)
     a, b, start = load_file(out_a), load_file(out_b), load_file(base)
     assert a.keys() == b.keys() == start.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "two runs of the recipe gave different weights"
@@ -81,20 +73,20 @@ def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, photos, tmp_path
     assert int(meta["trained_steps"]) == 7 + len(TINY_STAGES) * TINY_STEPS["max_steps"]
 
 
-def test_tiny_chain_resumes_after_a_stop(base, photos, tmp_path):
+def test_tiny_chain_resumes_after_a_stop(base, gradient_photos, tmp_path):
     runs = tmp_path / "runs"
-    assert tiny_chain(base, photos, runs, max_minutes=STOP_AT_ONCE) is None  # stage 1 stopped early
+    assert tiny_chain(base, gradient_photos, runs, max_minutes=STOP_AT_ONCE) is None  # stage 1 stopped early
     assert not (runs / f"stage2-{TINY_STAGES[1]}").exists()
-    final = tiny_chain(base, photos, runs)
+    final = tiny_chain(base, gradient_photos, runs)
     assert final is not None and final.parent.name == f"stage{len(TINY_STAGES)}-{TINY_STAGES[-1]}"
     assert read_metadata(final)["trained_steps"] == str(TINY_STEPS["max_steps"])
     before = file_sha256(final)
-    assert tiny_chain(base, photos, runs) == final and file_sha256(final) == before  # finished: not re-run
+    assert tiny_chain(base, gradient_photos, runs) == final and file_sha256(final) == before  # finished: not re-run
 
 
-def test_command_line_reports_an_unfinished_chain(base, photos, tmp_path, capsys):
+def test_command_line_reports_an_unfinished_chain(base, gradient_photos, tmp_path, capsys):
     torch.set_num_threads(1)
-    argv = ["--base", str(base), "--data", str(photos), "--runs", str(tmp_path / "runs"),
+    argv = ["--base", str(base), "--data", str(gradient_photos), "--runs", str(tmp_path / "runs"),
             "--out", str(tmp_path / "out.safetensors"), "--stages", ",".join(TINY_STAGES),
             "--max-minutes", str(STOP_AT_ONCE)]
     assert main(argv) == 3
