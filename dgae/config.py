@@ -15,6 +15,9 @@ from .errors import ConfigError
 IMAGE_CHANNELS = 3
 SOLVERS = ("euler", "heun")  # the sampler's update rules (dgae.sampler.integrate)
 SCHEDULES = ("uniform", "shifted")  # its time grids (dgae.sampler.timesteps)
+# The decoder's x2 upsampling (dgae.layers.Upsample): ADM's nearest-then-3x3-conv, or the conv at
+# the low resolution and nearest after it (the conv costs a quarter; same weights, other function).
+UPSAMPLES = ("nearest-conv", "conv-nearest")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class DecoderConfig:
     norm_groups: int = 32
     timestep_scale: float = 1000.0  # t in [0, 1] is embedded as t * timestep_scale
     dropout: float = 0.0
+    upsample: str = "nearest-conv"  # one of UPSAMPLES
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class DGAEConfig:
         for m in dec.channel_mult:
             if dec.attention_factors and (dec.base_channels * m) % dec.head_channels:
                 raise ConfigError(f"decoder channels {dec.base_channels * m} not divisible by head_channels")
+        if dec.upsample not in UPSAMPLES:
+            raise ConfigError(f"decoder.upsample must be one of {', '.join(UPSAMPLES)}, got {dec.upsample!r}")
         if smp.solver not in SOLVERS:
             raise ConfigError(f"sampler.solver must be one of {', '.join(SOLVERS)}, got {smp.solver!r}")
         if smp.schedule not in SCHEDULES:

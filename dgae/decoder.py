@@ -54,7 +54,8 @@ class Decoder(nn.Module):
                 out_ch = dc.base_channels * mult
                 block = ResBlock(ch + skip_chans.pop(), out_ch, **res)
                 ch = out_ch
-                upsample = Upsample(ch) if level > 0 and i == dc.num_res_blocks else None
+                upsample = (Upsample(ch, conv_first=dc.upsample == "conv-nearest")
+                            if level > 0 and i == dc.num_res_blocks else None)
                 self.up.append(_Stage(block, AttnBlock(ch, **attn) if use_attn else None, upsample))
 
         self.norm_out = GroupNorm(dc.norm_groups, ch, eps=eps)

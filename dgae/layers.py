@@ -89,13 +89,17 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2 then 3x3 conv."""
+    """Nearest x2 then 3x3 conv (ADM), or with ``conv_first`` the conv before the nearest x2: the
+    same weights at a quarter of the pixels (``DecoderConfig.upsample``)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, conv_first: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv_first = conv_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_first:
+            return F.interpolate(self.conv(x), scale_factor=2.0, mode="nearest")
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 

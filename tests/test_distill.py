@@ -105,6 +105,28 @@ def test_distill_config_errors(gradient_photos, tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="max_steps"):
         DistillTrainer(dataclasses.replace(cfg, teacher_steps=too_many), str(gradient_photos), tmp_path / "b",
                        device="cpu", init_checkpoint=str(tiny_checkpoint))
+    with pytest.raises(ConfigError, match="student_upsample"):
+        dataclasses.replace(cfg, student_upsample="bilinear").validate()
+
+
+def test_student_upsample_changes_the_function_and_keeps_the_weights(tiny_checkpoint):
+    """A recipe's student_upsample goes into the student's config; the teacher's weights load
+    unchanged, and the decode differs (the conv now runs before the nearest x2)."""
+    from dgae.model import DGAE
+    from training.distill import student_config
+
+    teacher = load_checkpoint(tiny_checkpoint)
+    cfg = get_recipe("onestep-conv-first-tiny")
+    student = DGAE(student_config(teacher, cfg))
+    student.load_state_dict(teacher.state_dict())
+    assert student.config.decoder.upsample == cfg.student_upsample == "conv-nearest"
+    assert student.config.sampler.default_steps == cfg.student_steps
+    kept = student_config(teacher, get_recipe("onestep-mixed-tiny"))
+    assert kept.decoder.upsample == teacher.config.decoder.upsample == "nearest-conv"
+    z = torch.randn(1, teacher.config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = (m.decode(z, steps=1, seeds=0) for m in (teacher, student))
+    assert a.shape == b.shape and not torch.allclose(a, b)
 
 
 def test_distill_resumes_and_keeps_teacher_and_encoder(gradient_photos, tiny_checkpoint, tmp_path, one_thread):

@@ -103,3 +103,33 @@ def test_flow_matching_one_step_estimate_is_identity_for_exact_velocity():
     x0, eps, t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.rand(2, 1, 1, 1)
     xt = (1 - t) * x0 + t * eps
     assert torch.allclose(xt - t * (eps - x0), x0, atol=1e-6)
+
+
+def test_conv_first_upsample_is_the_conv_at_low_resolution_then_nearest():
+    """DecoderConfig.upsample: the same Upsample weights, applied before or after the nearest x2;
+    an old config (no field) reads as ADM's nearest-then-conv."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from dgae.layers import Upsample
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5)
+    late, early = Upsample(8), Upsample(8, conv_first=True)
+    early.load_state_dict(late.state_dict())
+    assert torch.equal(early(x), F.interpolate(late.conv(x), scale_factor=2.0, mode="nearest"))
+    assert torch.equal(late(x), late.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+    assert early(x).shape == late(x).shape == (2, 8, 12, 10)
+
+    cfg = get_preset("tiny")
+    old = cfg.to_dict()
+    del old["decoder"]["upsample"]
+    assert DGAEConfig.from_dict(old).decoder.upsample == "nearest-conv"
+    conv_first = cfg.replace(decoder=dataclasses.replace(cfg.decoder, upsample="conv-nearest"))
+    model = DGAE(conv_first)
+    ups = [m for m in model.decoder.modules() if isinstance(m, Upsample)]
+    assert ups and all(m.conv_first for m in ups)
+    assert DGAE(cfg).state_dict().keys() == model.state_dict().keys()  # same weights, other function
+    with pytest.raises(ConfigError, match="decoder.upsample"):
+        cfg.replace(decoder=dataclasses.replace(cfg.decoder, upsample="bilinear"))

@@ -5,7 +5,8 @@ The default is the 2-step base model (stages 1-2 in the model card: ``cpu-defaul
 each start from the previous stage's EMA weights with the encoder frozen, so a latent made by the
 base model decodes with the result::
 
-    base --onestep (8 x 128²)--> A --onestep-256 (2 x 256²)--> B --onestep-mixed (256² or 4 x 128² quarters)--> file
+    base --onestep (8 x 128²)--> A --onestep-256 (2 x 256²)--> B --onestep-mixed (256² or 4 x 128² quarters)--> C
+      --onestep-conv-first (upsampling conv before the nearest x2)--> D --onestep-conv-first-2--> file
 
 Every stage is an ordinary resumable run folder under ``runs``: run this again after a stop (or
 with ``--max-minutes`` chunks) and it carries on where it stopped; a finished stage is not re-run.
@@ -32,8 +33,9 @@ from training.trainer import EMA_FILE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STAGES = ("onestep", "onestep-256", "onestep-mixed")  # the bundled default's recipe, in order
-TINY_STAGES = ("onestep-tiny", "onestep-256-tiny", "onestep-mixed-tiny")  # the same chain on the tiny preset (tests)
+# the bundled default's recipe, in order, and the same chain on the tiny preset (tests)
+DEFAULT_STAGES = ("onestep", "onestep-256", "onestep-mixed", "onestep-conv-first", "onestep-conv-first-2")
+TINY_STAGES = tuple(f"{stage}-tiny" for stage in DEFAULT_STAGES)
 SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 

@@ -119,12 +119,17 @@ class DistillObjective(nn.Module):
 
 
 def student_config(teacher: DGAE, cfg: TrainConfig) -> DGAEConfig:
-    """The teacher's config with the student's step count as the sampler default."""
+    """The teacher's config with the student's step count as the sampler default (and the
+    student's upsampling, when the recipe names one)."""
     sampler = teacher.config.sampler
     for label, steps in (("teacher_steps", cfg.teacher_steps), ("student_steps", cfg.student_steps)):
         if steps > sampler.max_steps:
             raise ConfigError(f"{label}={steps} exceeds the teacher's sampler.max_steps={sampler.max_steps}")
-    return teacher.config.replace(sampler=dataclasses.replace(sampler, default_steps=cfg.student_steps))
+    decoder = teacher.config.decoder
+    if cfg.student_upsample:
+        decoder = dataclasses.replace(decoder, upsample=cfg.student_upsample)
+    return teacher.config.replace(sampler=dataclasses.replace(sampler, default_steps=cfg.student_steps),
+                                  decoder=decoder)
 
 
 class DistillTrainer(Trainer):
