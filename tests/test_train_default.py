@@ -21,6 +21,7 @@ from scripts.make_encoder_fixture import SEED, psnr_8bit, to_tensor
 from training.config import get_recipe
 from training.metrics.thumbnail import thumbnail_baseline, thumbnail_side
 from training.default import TINY_STAGES, main, release, train_stages
+from training.trainer import EMA_FILE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "base_latent.npz"
 # The base encoder's latent must come back from the bundled encoder up to float rounding
@@ -71,6 +72,20 @@ def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, gradient_photos,
         assert recorded["train_config"] == json.loads(dataclasses.replace(get_recipe(recipe), **TINY_STEPS).to_json())
     assert meta["base_sha256"] == file_sha256(base)
     assert int(meta["trained_steps"]) == 7 + len(TINY_STAGES) * TINY_STEPS["max_steps"]
+    assert model.config.decoder.upsample == "conv-nearest"  # stage onestep-conv-first changed it
+
+    # the same chain in two legs, the second continued from a release of the first (how the bundled
+    # file's last two stages were run): the same weights, all stages recorded, the base's sha256 kept
+    split = TINY_STAGES.index("onestep-conv-first-tiny")
+    leg1 = release(tmp_path / "runs_a" / f"stage{split}-{TINY_STAGES[split - 1]}" / EMA_FILE, base,
+                   TINY_STAGES[:split], tmp_path / "leg1.safetensors")
+    runs_c = tmp_path / "runs_c"
+    leg2 = train_stages(leg1, gradient_photos, runs_c, TINY_STAGES[split:], "cpu", overrides=TINY_STEPS)
+    out_c = release(leg2, leg1, TINY_STAGES[split:], tmp_path / "c.safetensors")
+    c, meta_c = load_file(out_c), read_metadata(out_c)
+    assert all(torch.equal(a[k], c[k]) for k in a), "continuing from a release changed the result"
+    assert [s["recipe"] for s in json.loads(meta_c["training_stages"])] == ["tiny", *TINY_STAGES]
+    assert meta_c["base_sha256"] == file_sha256(base) and meta_c["trained_steps"] == meta["trained_steps"]
 
 
 def test_tiny_chain_resumes_after_a_stop(base, gradient_photos, tmp_path):

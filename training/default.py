@@ -74,7 +74,10 @@ def train_stages(base: str | Path, data: str | Path, runs: str | Path, stages=DE
 
 def release(final_ema: str | Path, base: str | Path, stages, out: str | Path,
             history: str | None = None) -> Path:
-    """Write the bundled file: the last stage's EMA weights, the base's stages followed by these."""
+    """Write the bundled file: the last stage's EMA weights, the base's stages followed by these.
+
+    ``base`` may itself be a released file (a chain continued from an earlier default): its stages
+    come first and its ``base_sha256`` (the 2-step base's) is kept."""
     base_meta, base_sha256 = read_metadata(base), file_sha256(base)
     recorded = json.loads(base_meta.get("training_stages", "[]"))
     runs = Path(final_ema).parent.parent
@@ -85,7 +88,7 @@ def release(final_ema: str | Path, base: str | Path, stages, out: str | Path,
                          "train_config": json.loads(meta["train_config"])})
     trained = int(base_meta.get("trained_steps", "0")) + sum(s["steps"] for s in recorded[-len(stages):])
     extra = {"weights": "ema", "trained_steps": str(trained), "training_stages": json.dumps(recorded),
-             "base_sha256": base_sha256}
+             "base_sha256": base_meta.get("base_sha256", base_sha256)}
     if history:
         extra["history"] = history
     # stored like the base (the bundled one is fp16: half the bytes; fp16 -> fp32 -> fp16 is exact,
