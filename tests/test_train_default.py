@@ -84,7 +84,9 @@ def test_tiny_chain_is_reproducible_and_keeps_the_encoder(base, gradient_photos,
     out_c = release(leg2, leg1, TINY_STAGES[split:], tmp_path / "c.safetensors")
     c, meta_c = load_file(out_c), read_metadata(out_c)
     assert all(torch.equal(a[k], c[k]) for k in a), "continuing from a release changed the result"
-    assert [s["recipe"] for s in json.loads(meta_c["training_stages"])] == ["tiny", *TINY_STAGES]
+    recorded = json.loads(meta_c["training_stages"])
+    assert [s["recipe"] for s in recorded] == ["tiny", *TINY_STAGES]
+    assert recorded[1 + split]["init"] == f"release sha256 {file_sha256(leg1)}"
     assert meta_c["base_sha256"] == file_sha256(base) and meta_c["trained_steps"] == meta["trained_steps"]
 
 
