@@ -105,8 +105,9 @@ distill-gpu: $(STAMP) data
 		scripts/gpu_distill_default.sh $(DATA) runs/distill-$(STUDENT_STEPS)step $(DISTILL_MINUTES)
 
 # the model card's tables: the bundled default (weights/eval) and the 2-step base (weights/eval/base)
-# on four protocols: 7 centre crops, 28 grid crops (val7), one centre crop of every unseen val photo,
-# and the same photos small (128² crops of photos shrunk to a 256 px short side)
+# on five protocols: 7 centre crops, 28 grid crops (val7), one centre crop of every unseen val photo,
+# the same photos small (128² crops of photos shrunk to a 256 px short side), and 4 grid crops of
+# 128² per unseen photo at full resolution (512 px short side)
 EVAL_CKPT ?= weights/dgae-small-f8c4.safetensors
 EVAL_OUT ?= weights/eval
 eval: $(STAMP) data
@@ -114,6 +115,7 @@ eval: $(STAMP) data
 	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-val7.json --out $(EVAL_OUT)/grid4 --crops-per-image 4 --steps 1,2 --no-kid
 	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-unseen.json --out $(EVAL_OUT)/unseen --crops-per-image 1 --steps 1,2 --no-kid
 	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-unseen.json --out $(EVAL_OUT)/small --crop 128 --max-side 256 --crops-per-image 1 --steps 1,2 --no-kid
+	$(PY) -m cli eval -c $(EVAL_CKPT) --data $(DATA)/manifest-unseen.json --out $(EVAL_OUT)/crops128 --crop 128 --crops-per-image 4 --steps 1,2 --no-kid
 eval-base: $(BASE)
 	$(MAKE) eval EVAL_CKPT=$(BASE) EVAL_OUT=weights/eval/base
 
