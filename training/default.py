@@ -80,16 +80,17 @@ def release(final_ema: str | Path, base: str | Path, stages, out: str | Path,
     come first and its ``base_sha256`` (the 2-step base's) is kept."""
     base_meta, base_sha256 = read_metadata(base), file_sha256(base)
     recorded = json.loads(base_meta.get("training_stages", "[]"))
-    start = "release" if "base_sha256" in base_meta else "base"
+    origin = base_meta.get("base_sha256")  # set when ``base`` is a release: the 2-step base's sha256
+    first_init = f"{'release' if origin else 'base'} sha256 {base_sha256}"
     runs = Path(final_ema).parent.parent
     for i, recipe in enumerate(stages):
         meta = read_metadata(_stage_dir(runs, i, recipe) / EMA_FILE)
         recorded.append({"stage": len(recorded) + 1, "recipe": recipe, "steps": int(meta["trained_steps"]),
-                         "init": "previous stage's EMA" if i else f"{start} sha256 {base_sha256}",
+                         "init": "previous stage's EMA" if i else first_init,
                          "train_config": json.loads(meta["train_config"])})
     trained = int(base_meta.get("trained_steps", "0")) + sum(s["steps"] for s in recorded[-len(stages):])
     extra = {"weights": "ema", "trained_steps": str(trained), "training_stages": json.dumps(recorded),
-             "base_sha256": base_meta.get("base_sha256", base_sha256)}
+             "base_sha256": origin or base_sha256}
     if history:
         extra["history"] = history
     # stored like the base (the bundled one is fp16: half the bytes; fp16 -> fp32 -> fp16 is exact,
